@@ -1,0 +1,381 @@
+"""``SagaEngine``: runs sagas against a storage and answers questions about them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
+
+from sqlalchemy.engine import Engine
+
+from .clock import Clock, SystemClock
+from .codec import from_json, to_json
+from .definition import SagaDefinition
+from .errors import (
+    DeadLetterError,
+    IdempotencyConflictError,
+    IdempotencyRequiredError,
+    SagaDefinitionError,
+    SagaFailedError,
+)
+from .evolution import reconcile
+from .events import EventEmitter, SagaEvents
+from .limits import MAX_RETRY_COUNT
+from .locks import Lock
+from .records import QueryResult, SagaResult, WorkflowRecord
+from .registry import lookup
+from .runtime.executor import SagaExecutor, stuck_allowance
+from .saga import Saga
+from .status import WorkflowStatus
+from .storage.base import NewStep, NewWorkflow, QueryFilter, Storage, StorageSession
+from .storage.sql import SqlStorage
+
+__all__ = ["SagaEngine", "DEFAULT_DATABASE_URL"]
+
+logger = logging.getLogger("sagadsl.engine")
+T = TypeVar("T")
+
+#: The embedded default, used when neither an argument nor $SAGADSL_DATABASE_URL is given.
+DEFAULT_DATABASE_URL = "sqlite:///sagadsl.db"
+_MAX_ID_LENGTH = 255
+_loops = threading.local()
+
+
+def _definition_of(saga_cls: Any) -> SagaDefinition:
+    definition = getattr(saga_cls, "definition", None)
+    if not isinstance(saga_cls, type) or not issubclass(saga_cls, Saga) or definition is None:
+        raise SagaDefinitionError(f"{saga_cls!r} is not a concrete Saga subclass with steps; "
+                                  "pass a class like `class PlaceOrder(Saga[Order])`")
+    return definition
+
+
+def _check_id(value: Any, what: str, saga_cls: type) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise IdempotencyRequiredError(
+            f"{saga_cls.__name__}: {what} is required and must be a non-empty string, got {value!r}")
+    if not isinstance(value, str):
+        raise TypeError(f"{saga_cls.__name__}: {what} must be a str, got {type(value).__name__}")
+    if len(value) > _MAX_ID_LENGTH:
+        raise ValueError(f"{saga_cls.__name__}: {what} is {len(value)} characters; at most "
+                         f"{_MAX_ID_LENGTH} are stored")
+    return value
+
+
+class SagaEngine:
+    """Runs sagas durably and answers questions about them.
+
+    Args:
+        url_or_storage: A database URL (``sqlite:///app.db``,
+            ``postgresql+psycopg://user@host/db``), a SQLAlchemy ``Engine``, or
+            a :class:`~sagadsl.storage.Storage`. Default: ``$SAGADSL_DATABASE_URL``,
+            else the embedded SQLite file ``./sagadsl.db``.
+        events: Callbacks observing every saga this engine runs.
+        clock: Source of time (tests inject a fake one).
+        lock: A :class:`~sagadsl.Lock` to use instead of the storage's own
+            claims (:class:`~sagadsl.NoopLock` turns claiming off).
+        step_threads: Size of the thread pool that runs sync steps.
+        schema: PostgreSQL schema holding sagadsl's tables.
+    """
+
+    def __init__(
+        self,
+        url_or_storage: str | Engine | Storage | None = None,
+        *,
+        events: SagaEvents | None = None,
+        clock: Clock | None = None,
+        lock: Lock | None = None,
+        step_threads: int = 16,
+        schema: str | None = None,
+    ) -> None:
+        if url_or_storage is None:
+            url_or_storage = os.environ.get("SAGADSL_DATABASE_URL") or DEFAULT_DATABASE_URL
+        if isinstance(url_or_storage, (str, Engine)):
+            storage: Storage = SqlStorage(url_or_storage, schema=schema)
+        else:
+            storage = url_or_storage
+        self.storage = storage
+        if not storage.is_production_safe:
+            logger.warning("sagadsl is using %r, which is not production safe: sagas are lost when the "
+                           "process exits; use SQLite or PostgreSQL outside tests", storage)
+        self.events = events
+        self.clock: Clock = clock or SystemClock()
+        self.lock = lock
+        self._step_pool = ThreadPoolExecutor(max_workers=step_threads, thread_name_prefix="sagadsl-step")
+        self._db_pool = ThreadPoolExecutor(max_workers=max(4, step_threads // 2),
+                                           thread_name_prefix="sagadsl-db")
+
+    # -- running ----------------------------------------------------------------
+
+    def run(self, saga_cls: type[Saga[T]], input: T, *, saga_id: str,
+            idempotency_key: str | None = None) -> SagaResult:
+        """Run a saga to its end in this thread and return its result.
+
+        Creates the saga, or resumes it if ``saga_id`` exists and is not
+        finished; a finished saga is not run again.
+
+        Returns:
+            The completed saga's status and typed step results.
+
+        Raises:
+            IdempotencyRequiredError: ``saga_id`` or ``idempotency_key`` is missing or empty.
+            IdempotencyConflictError: ``saga_id`` exists with another key or saga class.
+            SagaFailedError: a step failed and everything was compensated.
+            CompensationFailedError: a compensation failed; the saga is in dead letter.
+            DeadLetterError: the saga was already in dead letter.
+            SagaLockedError: another live executor is driving it.
+            SerializationError: the input cannot be stored as JSON.
+        """
+        return self._sync(self._start(saga_cls, input, saga_id, idempotency_key, offload=False))
+
+    async def run_async(self, saga_cls: type[Saga[T]], input: T, *, saga_id: str,
+                        idempotency_key: str | None = None) -> SagaResult:
+        """Like :meth:`run`, on the caller's event loop; database calls go to threads."""
+        return await self._start(saga_cls, input, saga_id, idempotency_key, offload=True)
+
+    def submit(self, saga_cls: type[Saga[T]], input: T, *, saga_id: str,
+               idempotency_key: str | None = None) -> WorkflowRecord | None:
+        """Commit the saga as ``pending`` and return at once; a worker runs it.
+
+        Submitting an existing saga id again with the same key changes
+        nothing and returns the stored saga; another key raises
+        :class:`IdempotencyConflictError`.
+
+        Returns:
+            None when the saga was created, else the stored saga.
+        """
+        new, _ = self._prepare(saga_cls, input, saga_id, idempotency_key)
+        session = self.storage.session(saga_id)
+        try:
+            record = session.begin(new, saga_id=saga_id, claim=False, now=new.now)
+        finally:
+            session.close()
+        if record is not None:
+            self._check_same(record, saga_cls, idempotency_key)  # type: ignore[arg-type]
+        return record
+
+    def resume(self, saga_id: str) -> SagaResult:
+        """Drive a stored saga to its end by id, rebuilding it from its registered name.
+
+        Raises:
+            SagaNotFoundError: no saga has this id.
+            UnknownSagaError: its class is not imported in this process.
+        """
+        return self._sync(self._drive(None, saga_id, None, None, offload=False))
+
+    async def resume_async(self, saga_id: str) -> SagaResult:
+        """Like :meth:`resume`, on the caller's event loop."""
+        return await self._drive(None, saga_id, None, None, offload=True)
+
+    def _sync(self, coro: Awaitable[T]) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise RuntimeError("SagaEngine.run() was called from a running event loop; "
+                               "use `await engine.run_async(...)` there")
+        loop = getattr(_loops, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = asyncio.new_event_loop()
+            _loops.loop = loop
+        return loop.run_until_complete(coro)
+
+    def _prepare(self, saga_cls: type[Saga[Any]], input: Any, saga_id: Any,
+                 idempotency_key: Any) -> tuple[NewWorkflow, Saga[Any]]:
+        definition = _definition_of(saga_cls)
+        _check_id(saga_id, "saga_id", saga_cls)
+        _check_id(idempotency_key, "idempotency_key", saga_cls)
+        input_json = to_json(input, where=f"the input of {saga_cls.__name__} (saga {saga_id!r})")
+        saga = saga_cls._bind(input, saga_id)
+        keys = [s.render_key(saga) for s in definition.steps]
+        now = self.clock.now()
+        new = NewWorkflow(
+            id=saga_id, saga_name=definition.name, input=input_json, idempotency_key=idempotency_key,
+            fingerprint=definition.fingerprint,
+            steps=tuple(NewStep(s.name, s.position, k) for s, k in zip(definition.steps, keys)),
+            now=now, stuck_after=now + stuck_allowance(definition),
+        )
+        return new, saga
+
+    async def _start(self, saga_cls: type[Saga[Any]], input: Any, saga_id: str,
+                     idempotency_key: str | None, offload: bool) -> SagaResult:
+        new, saga = self._prepare(saga_cls, input, saga_id, idempotency_key)
+        return await self._drive(saga_cls, saga_id, new, saga, offload=offload)
+
+    def _check_same(self, record: WorkflowRecord, saga_cls: type[Saga[Any]] | None,
+                    idempotency_key: str | None) -> None:
+        if saga_cls is not None and record.saga_name != saga_cls.definition.name:
+            raise IdempotencyConflictError(
+                f"saga id {record.id!r} already belongs to a {record.saga_name} saga, not "
+                f"{saga_cls.definition.name}; use another saga_id", saga_id=record.id)
+        if idempotency_key is not None and record.idempotency_key != idempotency_key:
+            raise IdempotencyConflictError(
+                f"saga {record.id!r} already exists with idempotency key {record.idempotency_key!r}, "
+                f"not {idempotency_key!r}; the same id with another key is a different request. Use a "
+                "new saga_id, or the original key to get the stored outcome", saga_id=record.id)
+
+    async def _drive(self, saga_cls: type[Saga[Any]] | None, saga_id: str, new: NewWorkflow | None,
+                     saga: Saga[Any] | None, *, offload: bool) -> SagaResult:
+        db = self._offloaded if offload else _inline
+        lock_cm = self.lock.acquire(saga_id) if self.lock is not None else contextlib.nullcontext()
+        with lock_cm:
+            session = self.storage.session(saga_id)
+            try:
+                now = new.now if new is not None else self.clock.now()
+                record = await db(lambda: session.begin(new, saga_id=saga_id, claim=self.lock is None,
+                                                        now=now))
+                return await self._execute(saga_cls, saga_id, new, saga, session, record, db)
+            finally:
+                await db(session.close)
+
+    async def _execute(self, saga_cls: type[Saga[Any]] | None, saga_id: str, new: NewWorkflow | None,
+                       saga: Saga[Any] | None, session: StorageSession, record: WorkflowRecord | None,
+                       db: Callable[[Callable[[], Any]], Awaitable[Any]]) -> SagaResult:
+        if record is None:
+            assert saga is not None and saga_cls is not None and new is not None
+            executor = self._executor(saga, saga_cls.definition, session, None, new.now, db)
+            executor.keys.update({s.name: s.idempotency_key for s in new.steps})
+            return await executor.execute(resumed=False)
+        self._check_same(record, saga_cls, new.idempotency_key if new is not None else None)
+        cls = saga_cls or lookup(record.saga_name)
+        definition = cls.definition
+        if record.status.is_terminal:
+            return self._stored_outcome(record, definition)
+        input_value = from_json(record.input, definition.input_type,
+                                where=f"stored input of saga {saga_id!r} ({record.saga_name})")
+        saga = cls._bind(input_value, saga_id)
+        change = reconcile(definition, record, saga, self.clock.now())
+        if change is not None:
+            await db(lambda: session.write(change))
+        executor = self._executor(saga, definition, session, record, record.started_at, db)
+        return await executor.execute(resumed=True)
+
+    def _executor(self, saga: Saga[Any], definition: SagaDefinition, session: StorageSession,
+                  record: WorkflowRecord | None, started_at: datetime,
+                  db: Callable[[Callable[[], Any]], Awaitable[Any]]) -> SagaExecutor:
+        return SagaExecutor(
+            saga=saga, definition=definition, session=session, record=record, started_at=started_at,
+            clock=self.clock, pool=self._step_pool,
+            emitter=EventEmitter(self.events, saga.saga_id, definition.name), db=db,
+        )
+
+    def _stored_outcome(self, record: WorkflowRecord, definition: SagaDefinition) -> SagaResult:
+        if record.status == WorkflowStatus.COMPLETED:
+            results = {}
+            for step in record.steps:
+                if definition.has_step(step.name):
+                    results[step.name] = from_json(
+                        step.result, definition.step(step.name).return_type(),
+                        where=f"stored result of {definition.class_name}.{step.name} (saga {record.id!r})")
+                else:
+                    results[step.name] = step.result
+            return SagaResult(record.id, record.status, results)
+        err = record.error
+        if record.status == WorkflowStatus.DEAD_LETTER:
+            raise DeadLetterError(
+                f"saga {record.id!r} ({record.saga_name}) is in dead letter: step "
+                f"{err.step_name if err else None!r} failed ({err.error if err else None}) and compensation "
+                f"failed ({err.compensation_error if err else None}); fix the cause, then "
+                f"`saga-admin retry {record.id}`", saga_id=record.id)
+        raise SagaFailedError(
+            f"saga {record.id!r} ({record.saga_name}) already failed at step "
+            f"{err.step_name if err else None!r}: {err.error if err else None}; every completed step was "
+            "compensated", saga_id=record.id, step_name=err.step_name if err else None,
+            error=err.error if err else None)
+
+    async def _offloaded(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn)
+
+    # -- questions and operator actions ----------------------------------------
+
+    def get(self, saga_id: str) -> WorkflowRecord | None:
+        """The stored saga ``saga_id`` with its steps, or None."""
+        return self.storage.get(saga_id)
+
+    def query(
+        self,
+        status: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
+        *,
+        saga_name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        stuck: bool = False,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> QueryResult:
+        """One page of sagas, newest first, and the total that match.
+
+        Args:
+            status: One status or several.
+            saga_name: Only sagas of this registered name.
+            created_after, created_before, updated_after, updated_before: Time bounds.
+            stuck: Only active sagas that have made no progress for longer
+                than their timeouts allow.
+            offset, limit: The page.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError("offset and limit must be >= 0")
+        statuses: tuple[WorkflowStatus, ...]
+        if status is None:
+            statuses = ()
+        elif isinstance(status, (str, WorkflowStatus)):
+            statuses = (WorkflowStatus(status),)
+        else:
+            statuses = tuple(WorkflowStatus(s) for s in status)
+        return self.storage.query(QueryFilter(
+            statuses=statuses, saga_name=saga_name, created_after=created_after,
+            created_before=created_before, updated_after=updated_after, updated_before=updated_before,
+            stuck_at=self.clock.now() if stuck else None, offset=offset, limit=limit))
+
+    def count(self, *statuses: WorkflowStatus | str) -> int:
+        """How many sagas have one of ``statuses`` (all sagas if none given)."""
+        return self.storage.count([WorkflowStatus(s) for s in statuses])
+
+    def retry(self, saga_id: str) -> int:
+        """Move a dead-letter saga back to ``pending`` with a new execution budget.
+
+        A worker (or :meth:`resume`) then continues its compensation.
+
+        Returns:
+            The saga's retry count after this retry.
+
+        Raises:
+            SagaNotFoundError: no saga has this id.
+            InvalidStateError: the saga is not in dead letter.
+            RetryCapExceededError: it was already retried ``MAX_RETRY_COUNT`` times.
+        """
+        return self.storage.retry(saga_id, self.clock.now(), MAX_RETRY_COUNT)
+
+    def run_worker(self, **options: Any) -> Any:
+        """Run a recovery worker in this thread until stopped; see :class:`sagadsl.worker.Worker`."""
+        from .worker import Worker
+
+        return Worker(self, **options).run()
+
+    def close(self) -> None:
+        """Stop the thread pools and release database connections."""
+        self._step_pool.shutdown(wait=False, cancel_futures=True)
+        self._db_pool.shutdown(wait=False, cancel_futures=True)
+        self.storage.close()
+
+    def __enter__(self) -> SagaEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SagaEngine({self.storage!r})"
+
+
+async def _inline(fn: Callable[[], T]) -> T:
+    return fn()

@@ -1,0 +1,180 @@
+"""The errors sagadsl raises.
+
+Every error derives from :class:`SagaError` and carries a stable ``code`` that
+scripts and dashboards can match on. Messages name the saga class, step or saga
+id involved, say what is wrong and, where there is one, how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SagaError",
+    "SagaDefinitionError",
+    "IdempotencyRequiredError",
+    "IdempotencyConflictError",
+    "SagaFailedError",
+    "CompensationFailedError",
+    "DeadLetterError",
+    "RetryCapExceededError",
+    "ExecutionTimeoutError",
+    "StepTimeoutError",
+    "SagaLockedError",
+    "SerializationError",
+    "UnknownSagaError",
+    "SagaNotFoundError",
+    "InvalidStateError",
+    "DefinitionChangedError",
+    "SchemaOutOfDateError",
+    "StorageError",
+]
+
+
+class SagaError(Exception):
+    """Root of every error raised by sagadsl.
+
+    Attributes:
+        code: A stable, upper-case identifier for the kind of error.
+        saga_id: The saga the error is about, when there is one.
+    """
+
+    code: str = "SAGA_ERROR"
+
+    def __init__(self, message: str, *, saga_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.saga_id = saga_id
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SagaDefinitionError(SagaError, TypeError):
+    """A saga class statement is wrong; raised when the class is created."""
+
+    code = "DEFINITION_ERROR"
+
+
+class IdempotencyRequiredError(SagaError, ValueError):
+    """A saga or step has no idempotency key, or an empty one."""
+
+    code = "IDEMPOTENCY_REQUIRED"
+
+
+class IdempotencyConflictError(SagaError):
+    """A saga id already exists with another idempotency key or saga class."""
+
+    code = "IDEMPOTENCY_CONFLICT"
+
+
+class SagaFailedError(SagaError):
+    """A step failed and every completed step was compensated.
+
+    The step's exception is the ``__cause__`` when it happened in this process.
+
+    Attributes:
+        step_name: The step that failed.
+        error: The step's error, as stored (cut to ``MAX_ERROR_LENGTH`` bytes).
+    """
+
+    code = "SAGA_FAILED"
+
+    def __init__(
+        self, message: str, *, saga_id: str | None = None, step_name: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.step_name = step_name
+        self.error = error
+
+
+class CompensationFailedError(SagaError):
+    """A compensation still failed after its retries; the saga is in dead letter.
+
+    Attributes:
+        step_name: The step whose failure started the compensation.
+        error: The original step error.
+        compensation_error: The error of the (first) compensation that failed.
+    """
+
+    code = "COMPENSATION_FAILED"
+
+    def __init__(
+        self, message: str, *, saga_id: str | None = None, step_name: str | None = None,
+        error: str | None = None, compensation_error: str | None = None,
+    ) -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.step_name = step_name
+        self.error = error
+        self.compensation_error = compensation_error
+
+
+class DeadLetterError(SagaError):
+    """The saga is in dead letter; it must be retried before it can run."""
+
+    code = "DEAD_LETTER"
+
+
+class RetryCapExceededError(SagaError):
+    """The saga was already retried ``MAX_RETRY_COUNT`` times from dead letter."""
+
+    code = "RETRY_CAP_EXCEEDED"
+
+
+class ExecutionTimeoutError(SagaError):
+    """The saga ran past ``MAX_EXECUTION_DURATION`` from its start."""
+
+    code = "EXECUTION_TIMEOUT"
+
+
+class StepTimeoutError(SagaError, TimeoutError):
+    """A step or compensation attempt ran past its ``timeout``."""
+
+    code = "STEP_TIMEOUT"
+
+
+class SagaLockedError(SagaError):
+    """Another live executor is driving this saga id."""
+
+    code = "TRANSACTION_LOCKED"
+
+
+class SerializationError(SagaError, TypeError):
+    """A value cannot be stored as JSON, or a stored value cannot be decoded."""
+
+    code = "SERIALIZATION_ERROR"
+
+
+class UnknownSagaError(SagaError, LookupError):
+    """No saga class is registered under a stored saga name."""
+
+    code = "UNKNOWN_SAGA"
+
+
+class SagaNotFoundError(SagaError, LookupError):
+    """No saga with this id exists in the storage."""
+
+    code = "SAGA_NOT_FOUND"
+
+
+class InvalidStateError(SagaError):
+    """The saga is not in a status that allows the requested action."""
+
+    code = "INVALID_STATE"
+
+
+class DefinitionChangedError(SagaError):
+    """A stored saga's step graph is incompatible with the class as it is now."""
+
+    code = "DEFINITION_CHANGED"
+
+
+class SchemaOutOfDateError(SagaError):
+    """The database schema is missing or behind this version of sagadsl."""
+
+    code = "SCHEMA_OUT_OF_DATE"
+
+
+class StorageError(SagaError):
+    """The storage failed in a way that leaves the saga resumable."""
+
+    code = "STORAGE_ERROR"

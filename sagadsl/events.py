@@ -1,0 +1,116 @@
+"""Callbacks that observe a saga's course without being able to change it."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, fields
+from typing import Any, Awaitable, Callable, Union
+
+__all__ = ["SagaEvent", "SagaEvents", "EventHandler"]
+
+logger = logging.getLogger("sagadsl.events")
+
+
+@dataclass(frozen=True)
+class SagaEvent:
+    """One thing that happened to a saga.
+
+    Attributes:
+        kind: The callback's name without ``on_``, e.g. ``"step_complete"``.
+        saga_id: The saga's id.
+        saga_name: The saga class's registered name.
+        step: The step's name, or None for saga-level events.
+        result: The step's result (``step_complete``, ``saga_complete``).
+        error: The exception, for failure, retry and timeout events.
+        attempt: The 1-based attempt of a step or compensation.
+        duration: Seconds the step, compensation or saga took.
+    """
+
+    kind: str
+    saga_id: str
+    saga_name: str
+    step: str | None = None
+    result: Any = None
+    error: BaseException | None = None
+    attempt: int | None = None
+    duration: float | None = None
+
+
+EventHandler = Callable[[SagaEvent], Union[None, Awaitable[None]]]
+
+
+@dataclass(frozen=True)
+class SagaEvents:
+    """Optional callbacks, each called with one :class:`SagaEvent`.
+
+    A callback may be sync or async. One that raises is logged on the
+    ``sagadsl.events`` logger and ignored: it never changes the saga's course.
+    """
+
+    on_saga_start: EventHandler | None = None
+    on_saga_complete: EventHandler | None = None
+    on_saga_failed: EventHandler | None = None
+    on_step_start: EventHandler | None = None
+    on_step_complete: EventHandler | None = None
+    on_step_failed: EventHandler | None = None
+    on_step_retry: EventHandler | None = None
+    on_step_skipped: EventHandler | None = None
+    on_step_timeout: EventHandler | None = None
+    on_compensation_start: EventHandler | None = None
+    on_compensation_complete: EventHandler | None = None
+    on_compensation_failed: EventHandler | None = None
+    on_dead_letter: EventHandler | None = None
+
+    @staticmethod
+    def combine(*many: SagaEvents | None) -> SagaEvents:
+        """One ``SagaEvents`` that calls every given handler in order."""
+        present = [m for m in many if m is not None]
+        if len(present) == 1:
+            return present[0]
+        merged: dict[str, EventHandler] = {}
+        for f in fields(SagaEvents):
+            handlers = [getattr(m, f.name) for m in present if getattr(m, f.name) is not None]
+            if handlers:
+                merged[f.name] = _chain(handlers)
+        return SagaEvents(**merged)
+
+
+def _chain(handlers: list[EventHandler]) -> EventHandler:
+    if len(handlers) == 1:
+        return handlers[0]
+
+    async def chained(event: SagaEvent) -> None:
+        for handler in handlers:
+            await _call_safely(handler, event)
+
+    return chained
+
+
+async def _call_safely(handler: EventHandler, event: SagaEvent) -> None:
+    try:
+        outcome = handler(event)
+        if inspect.isawaitable(outcome):
+            await outcome
+    except Exception:
+        logger.exception("sagadsl event handler for %s raised; ignored (saga %s, step %s)",
+                         event.kind, event.saga_id, event.step)
+
+
+class EventEmitter:
+    """Sends events of one saga to the configured callbacks, safely."""
+
+    __slots__ = ("_events", "saga_id", "saga_name")
+
+    def __init__(self, events: SagaEvents | None, saga_id: str, saga_name: str) -> None:
+        self._events = events
+        self.saga_id = saga_id
+        self.saga_name = saga_name
+
+    async def emit(self, kind: str, step: str | None = None, **details: Any) -> None:
+        if self._events is None:
+            return
+        handler: EventHandler | None = getattr(self._events, f"on_{kind}")
+        if handler is None:
+            return
+        await _call_safely(handler, SagaEvent(kind, self.saga_id, self.saga_name, step, **details))

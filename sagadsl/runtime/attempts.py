@@ -1,0 +1,132 @@
+"""Calling one step or compensation: attempts, timeouts and backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+from ..clock import Clock
+from ..errors import ExecutionTimeoutError, SerializationError, StepTimeoutError
+from ..events import EventEmitter
+from ..saga import _attempt, _step_key
+
+__all__ = ["AttemptOutcome", "call_with_retries", "Budget"]
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """How a step or compensation ended after all its attempts."""
+
+    ok: bool
+    value: Any
+    attempts: int
+    started_at: datetime
+    finished_at: datetime
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The saga's hard deadline, for bounding forward steps."""
+
+    deadline: datetime | None
+    saga_id: str
+
+    def remaining(self, clock: Clock) -> float | None:
+        if self.deadline is None:
+            return None
+        return (self.deadline - clock.now()).total_seconds()
+
+    def exceeded_error(self, what: str) -> ExecutionTimeoutError:
+        return ExecutionTimeoutError(
+            f"saga {self.saga_id!r} reached its 15-minute execution limit before {what} could finish; "
+            "it is being compensated", saga_id=self.saga_id)
+
+
+async def _invoke(func: Callable[..., Any], kwargs: dict[str, Any], is_async: bool,
+                  timeout: float | None, pool: Executor) -> Any:
+    if is_async:
+        return await asyncio.wait_for(func(**kwargs), timeout)
+    loop = asyncio.get_running_loop()
+    ctx = contextvars.copy_context()
+    future = loop.run_in_executor(pool, functools.partial(ctx.run, func, **kwargs))
+    # A thread cannot be stopped: on timeout the attempt fails, the thread
+    # runs on and its eventual result is dropped.
+    return await asyncio.wait_for(future, timeout)
+
+
+async def call_with_retries(
+    *,
+    func: Callable[..., Any],
+    kwargs: dict[str, Any],
+    is_async: bool,
+    key: str,
+    where: str,
+    step: str,
+    max_attempts: int,
+    should_retry: Callable[[Exception, int], bool],
+    delay: Callable[[int], float],
+    timeout: float | None,
+    budget: Budget | None,
+    clock: Clock,
+    pool: Executor,
+    emitter: EventEmitter,
+    phase: str,
+    encode: Callable[[Any], Any] | None = None,
+) -> AttemptOutcome:
+    """Run ``func`` until it succeeds or its attempts are used up.
+
+    ``phase`` is ``"step"`` or ``"compensation"`` and selects the events.
+    ``encode`` turns a step's result into JSON; failing to encode fails the
+    step at once (a retry would return the same value).
+    """
+    started = clock.now()
+    attempt = 0
+    while True:
+        attempt += 1
+        limit = timeout
+        bounded_by_budget = False
+        if budget is not None:
+            remaining = budget.remaining(clock)
+            if remaining is not None:
+                if remaining <= 0:
+                    error: Exception = budget.exceeded_error(where)
+                    return AttemptOutcome(False, None, attempt - 1, started, clock.now(), error)
+                if limit is None or remaining < limit:
+                    limit, bounded_by_budget = remaining, True
+        _step_key.set(key)
+        _attempt.set(attempt)
+        await emitter.emit(f"{phase}_start", step, attempt=attempt)
+        t0 = time.perf_counter()
+        try:
+            value = await _invoke(func, kwargs, is_async, limit, pool)
+            encoded = encode(value) if encode is not None else None
+        except asyncio.TimeoutError:
+            if bounded_by_budget:
+                error = budget.exceeded_error(where) if budget is not None else StepTimeoutError(where)
+                await emitter.emit("step_timeout", step, error=error, attempt=attempt,
+                                   duration=time.perf_counter() - t0)
+                return AttemptOutcome(False, None, attempt, started, clock.now(), error)
+            error = StepTimeoutError(f"{where} took longer than its timeout of {limit:g}s "
+                                     f"(attempt {attempt})")
+            await emitter.emit("step_timeout", step, error=error, attempt=attempt,
+                               duration=time.perf_counter() - t0)
+        except SerializationError as exc:
+            return AttemptOutcome(False, None, attempt, started, clock.now(), exc)
+        except Exception as exc:
+            error = exc
+        else:
+            duration = time.perf_counter() - t0
+            await emitter.emit(f"{phase}_complete", step, result=value, attempt=attempt, duration=duration)
+            return AttemptOutcome(True, (value, encoded), attempt, started, clock.now())
+        if attempt >= max_attempts or not should_retry(error, attempt):
+            return AttemptOutcome(False, None, attempt, started, clock.now(), error)
+        if phase == "step":
+            await emitter.emit("step_retry", step, error=error, attempt=attempt)
+        await clock.sleep(delay(attempt))

@@ -1,0 +1,363 @@
+"""Driving one saga: forward through its step graph, or backward through compensations.
+
+The executor owns no connection and no claim: it receives a storage session
+that already holds both, and turns each finished step into one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Awaitable, Callable, TypeVar
+
+from ..clock import Clock
+from ..codec import from_json, to_json
+from ..definition import SagaDefinition, StepDefinition
+from ..errors import CompensationFailedError, SagaFailedError
+from ..events import EventEmitter
+from ..limits import MAX_EXECUTION_DURATION, describe_exception, truncate_error
+from ..records import SagaResult, WorkflowRecord
+from ..saga import Saga
+from ..status import StepStatus, WorkflowStatus
+from ..storage.base import Change, StorageSession
+from .attempts import AttemptOutcome, Budget, call_with_retries
+
+__all__ = ["SagaExecutor", "stuck_allowance"]
+
+logger = logging.getLogger("sagadsl.executor")
+T = TypeVar("T")
+
+#: Slack on top of what a saga's own timeouts allow before it counts as stuck.
+STUCK_GRACE = timedelta(minutes=1)
+
+
+def stuck_allowance(definition: SagaDefinition) -> timedelta:
+    """How long an active saga may go without a commit before it counts as stuck."""
+    worst = timedelta(0)
+    for s in definition.steps:
+        if s.timeout is None:
+            return MAX_EXECUTION_DURATION + STUCK_GRACE
+        waits = sum(s.retry.delay(i) for i in range(1, s.retry.max_attempts))
+        worst = max(worst, timedelta(seconds=s.timeout * s.retry.max_attempts + waits))
+        policy = s.compensation_policy
+        if policy.timeout is None:
+            return MAX_EXECUTION_DURATION + STUCK_GRACE
+        waits = sum(policy.delay(i) for i in range(1, policy.max_attempts))
+        worst = max(worst, timedelta(seconds=policy.timeout * policy.max_attempts + waits))
+    return min(worst, MAX_EXECUTION_DURATION) + STUCK_GRACE
+
+
+@dataclass
+class _Failure:
+    step: str
+    error: Exception
+
+
+class SagaExecutor:
+    """Runs one claimed saga to a terminal status.
+
+    Args:
+        saga: The bound saga instance (input and id set).
+        record: The stored saga when resuming, None for a fresh one.
+        session: The storage session holding the claim.
+        db: Runs a storage call (inline, or on a thread for ``run_async``).
+    """
+
+    def __init__(
+        self,
+        *,
+        saga: Saga[Any],
+        definition: SagaDefinition,
+        session: StorageSession,
+        record: WorkflowRecord | None,
+        started_at: datetime,
+        clock: Clock,
+        pool: Executor,
+        emitter: EventEmitter,
+        db: Callable[[Callable[[], T]], Awaitable[T]],
+    ) -> None:
+        self.saga = saga
+        self.definition = definition
+        self.session = session
+        self.clock = clock
+        self.pool = pool
+        self.emitter = emitter
+        self._db = db
+        self.saga_id = saga.saga_id
+        self.where_cls = definition.class_name
+        self.budget = Budget(started_at + MAX_EXECUTION_DURATION, self.saga_id)
+        self.allowance = stuck_allowance(definition)
+        self.status: dict[str, StepStatus] = {s.name: StepStatus.PENDING for s in definition.steps}
+        self.results: dict[str, Any] = {}
+        self.keys: dict[str, str] = {}
+        self.error_step: str | None = None
+        self.error_text: str | None = None
+        self.backward = False
+        #: The failure commit already ended the saga (nothing to compensate).
+        self._ended_by_failure = False
+        if record is not None:
+            self._restore(record)
+
+    # -- state from a stored row ---------------------------------------------
+
+    def _restore(self, record: WorkflowRecord) -> None:
+        for stored in record.steps:
+            if not self.definition.has_step(stored.name):
+                continue
+            self.status[stored.name] = stored.status
+            self.keys[stored.name] = stored.idempotency_key
+            if stored.status in (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED):
+                step = self.definition.step(stored.name)
+                self.results[stored.name] = from_json(
+                    stored.result, step.return_type(),
+                    where=f"stored result of {self.where_cls}.{stored.name} (saga {self.saga_id!r})")
+        for step in self.definition.steps:
+            if step.name not in self.keys:  # added to the class since the saga started
+                self.keys[step.name] = step.render_key(self.saga)
+        if record.error is not None:
+            self.error_step = record.error.step_name
+            self.error_text = record.error.error
+        self.backward = record.status == WorkflowStatus.COMPENSATING or record.error is not None
+
+    # -- commits ----------------------------------------------------------------
+
+    async def _write(self, workflow: dict[str, Any], steps: dict[str, dict[str, Any]] | None = None) -> None:
+        now = workflow.setdefault("updated_at", self.clock.now())
+        if workflow.get("status") in (None, WorkflowStatus.PENDING.value, WorkflowStatus.COMPENSATING.value):
+            workflow.setdefault("stuck_after", now + self.allowance)
+        change = Change(workflow=workflow, steps=steps or {})
+        await self._db(lambda: self.session.write(change))
+
+    # -- entry point ------------------------------------------------------------
+
+    async def execute(self, resumed: bool) -> SagaResult:
+        """Drive the saga to a terminal status and return or raise its outcome."""
+        await self.emitter.emit("saga_start", attempt=None)
+        if resumed:
+            for name, status in self.status.items():
+                if status == StepStatus.COMPLETED and not self.backward:
+                    await self.emitter.emit("step_skipped", name, result=self.results.get(name))
+        if not self.backward:
+            failure = await self._forward()
+            if failure is None:
+                await self.emitter.emit("saga_complete", result=dict(self.results))
+                return SagaResult(self.saga_id, WorkflowStatus.COMPLETED, dict(self.results))
+            self.error_step = failure.step
+            self.error_text = describe_exception(failure.error)
+            cause: BaseException | None = failure.error
+        else:
+            cause = None
+        comp_error, comp_cause = await self._backward()
+        if comp_error is None:
+            await self.emitter.emit("saga_failed", self.error_step, error=cause)
+            raise SagaFailedError(
+                f"saga {self.saga_id!r} ({self.definition.name}) failed at step {self.error_step!r}: "
+                f"{self.error_text}; every completed step was compensated",
+                saga_id=self.saga_id, step_name=self.error_step, error=self.error_text,
+            ) from cause
+        await self.emitter.emit("dead_letter", self.error_step, error=comp_cause)
+        logger.warning("saga %s moved to dead letter: %s", self.saga_id, comp_error,
+                       extra={"saga_id": self.saga_id, "step": self.error_step})
+        raise CompensationFailedError(
+            f"saga {self.saga_id!r} ({self.definition.name}) is in dead letter: step {self.error_step!r} "
+            f"failed ({self.error_text}) and a compensation failed too ({comp_error}); fix the cause, "
+            f"then `saga-admin retry {self.saga_id}`",
+            saga_id=self.saga_id, step_name=self.error_step, error=self.error_text,
+            compensation_error=comp_error,
+        ) from comp_cause
+
+    # -- forward ------------------------------------------------------------------
+
+    def _ready(self, running: set[str]) -> list[StepDefinition]:
+        return [s for s in self.definition.steps
+                if self.status[s.name] == StepStatus.PENDING and s.name not in running
+                and all(self.status[d] == StepStatus.COMPLETED for d in s.after)]
+
+    def _has_compensable(self) -> bool:
+        return any(self.status[s.name] == StepStatus.COMPLETED and s.compensation is not None
+                   for s in self.definition.steps)
+
+    async def _forward(self) -> _Failure | None:
+        running: dict[asyncio.Task[AttemptOutcome], StepDefinition] = {}
+        failure: _Failure | None = None
+        try:
+            while True:
+                if failure is None:
+                    for s in self._ready({r.name for r in running.values()}):
+                        if (self.budget.remaining(self.clock) or 1) <= 0:
+                            failure = _Failure(s.name, self.budget.exceeded_error(f"step {s.name!r}"))
+                            await self._record_failure(failure, attempts=0, running=bool(running))
+                            break
+                        running[asyncio.ensure_future(self._run_step(s))] = s
+                if not running:
+                    return failure
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: running[t].position):
+                    s = running.pop(task)
+                    outcome = task.result()
+                    if outcome.ok:
+                        await self._record_completion(s, outcome, finishing=not running and failure is None)
+                    else:
+                        assert outcome.error is not None
+                        await self.emitter.emit("step_failed", s.name, error=outcome.error,
+                                                attempt=outcome.attempts)
+                        if failure is None:
+                            failure = _Failure(s.name, outcome.error)
+                            await self._record_failure(failure, attempts=outcome.attempts,
+                                                       running=bool(running), outcome=outcome)
+                        else:
+                            await self._write({}, {s.name: self._failed_step_values(outcome)})
+                            self.status[s.name] = StepStatus.FAILED
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _run_step(self, s: StepDefinition) -> AttemptOutcome:
+        where = f"{self.where_cls}.{s.name}"
+        kwargs = {p: self.results[p] for p in s.params}
+        return await call_with_retries(
+            func=getattr(self.saga, s.name), kwargs=kwargs, is_async=s.is_async, key=self.keys[s.name],
+            where=where, step=s.name, max_attempts=s.retry.max_attempts, should_retry=s.retry.should_retry,
+            delay=s.retry.delay, timeout=s.timeout, budget=self.budget, clock=self.clock, pool=self.pool,
+            emitter=self.emitter, phase="step",
+            encode=lambda value: to_json(value, where=f"result of {where} (saga {self.saga_id!r})"),
+        )
+
+    async def _record_completion(self, s: StepDefinition, outcome: AttemptOutcome, finishing: bool) -> None:
+        value, encoded = outcome.value
+        self.status[s.name] = StepStatus.COMPLETED
+        self.results[s.name] = value
+        complete = finishing and all(st == StepStatus.COMPLETED for st in self.status.values())
+        workflow: dict[str, Any] = {"current_step": s.name}
+        if complete:
+            # The last step and the saga's completion share one commit.
+            workflow.update(status=WorkflowStatus.COMPLETED.value, stuck_after=None)
+        await self._write(workflow, {s.name: {
+            "status": StepStatus.COMPLETED.value, "result": encoded, "attempts": outcome.attempts,
+            "started_at": outcome.started_at, "finished_at": outcome.finished_at, "error": None,
+        }})
+        logger.debug("saga %s step %s completed", self.saga_id, s.name,
+                     extra={"saga_id": self.saga_id, "step": s.name})
+
+    def _failed_step_values(self, outcome: AttemptOutcome) -> dict[str, Any]:
+        return {"status": StepStatus.FAILED.value, "attempts": outcome.attempts,
+                "started_at": outcome.started_at, "finished_at": outcome.finished_at,
+                "error": describe_exception(outcome.error) if outcome.error else None}
+
+    async def _record_failure(self, failure: _Failure, *, attempts: int, running: bool,
+                              outcome: AttemptOutcome | None = None) -> None:
+        now = self.clock.now()
+        text = describe_exception(failure.error)
+        final = not running and not self._has_compensable()
+        workflow: dict[str, Any] = {
+            "status": (WorkflowStatus.FAILED if final else WorkflowStatus.COMPENSATING).value,
+            "current_step": failure.step, "error_step": failure.step, "error": text,
+            "compensation_error": None, "error_at": now, "updated_at": now,
+        }
+        if final:
+            workflow["stuck_after"] = None
+        steps: dict[str, dict[str, Any]] = {}
+        if outcome is not None:
+            steps[failure.step] = self._failed_step_values(outcome)
+            self.status[failure.step] = StepStatus.FAILED
+        await self._write(workflow, steps)
+        self.backward = True
+        self._ended_by_failure = final
+        logger.info("saga %s step %s failed: %s", self.saga_id, failure.step, text,
+                    extra={"saga_id": self.saga_id, "step": failure.step})
+
+    # -- backward -----------------------------------------------------------------
+
+    def _descendants(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+
+        def walk(name: str) -> set[str]:
+            if name not in out:
+                acc: set[str] = set()
+                for child in self.definition.dependents(name):
+                    acc.add(child)
+                    acc |= walk(child)
+                out[name] = acc
+            return out[name]
+
+        for s in self.definition.steps:
+            walk(s.name)
+        return out
+
+    async def _backward(self) -> tuple[str | None, BaseException | None]:
+        """Compensate every completed step; return the first compensation error, if any."""
+        if self._ended_by_failure:
+            return None, None
+        descendants = self._descendants()
+        todo = {s.name for s in self.definition.steps
+                if s.compensation is not None
+                and self.status[s.name] in (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED)}
+        running: dict[asyncio.Task[AttemptOutcome], str] = {}
+        first_error: str | None = None
+        first_cause: BaseException | None = None
+        failed_any = False
+        if not todo:
+            await self._write({"status": WorkflowStatus.FAILED.value, "stuck_after": None})
+            return None, None
+        try:
+            while todo or running:
+                blocked = todo | set(running.values())
+                for name in sorted(todo, key=lambda n: -self.definition.step(n).position):
+                    if not (descendants[name] & blocked):
+                        todo.discard(name)
+                        running[asyncio.ensure_future(self._compensate(name))] = name
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda t: -self.definition.step(running[t]).position):
+                    name = running.pop(task)
+                    outcome = task.result()
+                    last = not todo and not running
+                    now = self.clock.now()
+                    workflow: dict[str, Any] = {"current_step": name, "updated_at": now,
+                                                "status": WorkflowStatus.COMPENSATING.value}
+                    if outcome.ok:
+                        self.status[name] = StepStatus.COMPENSATED
+                        step_values: dict[str, Any] = {
+                            "status": StepStatus.COMPENSATED.value, "compensated_at": now,
+                            "compensation_error": None}
+                    else:
+                        assert outcome.error is not None
+                        failed_any = True
+                        self.status[name] = StepStatus.COMPENSATION_FAILED
+                        comp = self.definition.step(name).compensation
+                        assert comp is not None
+                        text = describe_exception(outcome.error)
+                        step_values = {"status": StepStatus.COMPENSATION_FAILED.value,
+                                       "compensation_error": text}
+                        await self.emitter.emit("compensation_failed", name, error=outcome.error,
+                                                attempt=outcome.attempts)
+                        if first_error is None:
+                            first_error = truncate_error(f"{comp.method_name} (compensating {name}): {text}")
+                            first_cause = outcome.error
+                            workflow["compensation_error"] = first_error
+                    if last:
+                        final = WorkflowStatus.DEAD_LETTER if failed_any else WorkflowStatus.FAILED
+                        workflow.update(status=final.value, stuck_after=None)
+                    await self._write(workflow, {name: step_values})
+        finally:
+            for task in running:
+                task.cancel()
+        return first_error, first_cause
+
+    async def _compensate(self, name: str) -> AttemptOutcome:
+        s = self.definition.step(name)
+        comp = s.compensation
+        assert comp is not None
+        kwargs: dict[str, Any] = {p: self.results[p] for p in comp.step_params}
+        if comp.result_param is not None:
+            kwargs[comp.result_param] = self.results.get(name)
+        policy = s.compensation_policy
+        return await call_with_retries(
+            func=getattr(self.saga, comp.method_name), kwargs=kwargs, is_async=comp.is_async,
+            key=self.keys[name], where=f"{self.where_cls}.{comp.method_name}", step=name,
+            max_attempts=policy.max_attempts, should_retry=lambda e, a: True, delay=policy.delay,
+            timeout=policy.timeout, budget=None, clock=self.clock, pool=self.pool,
+            emitter=self.emitter, phase="compensation",
+        )

@@ -1,0 +1,197 @@
+"""``Saga[InputT]`` and ``SagaMeta``: a saga is a class whose steps are methods."""
+
+from __future__ import annotations
+
+import typing
+from contextvars import ContextVar
+from typing import Any, ClassVar, Generic, TypeVar
+
+from .decorators import (
+    BARE_COMPENSATES_ATTR,
+    COMPENSATES_ATTR,
+    STEP_ATTR,
+    CompensatesSpec,
+    StepSpec,
+    display_name,
+)
+from .definition import SagaDefinition, build_definition
+from .errors import SagaDefinitionError
+from .registry import register
+
+__all__ = ["Saga", "SagaMeta", "InputT"]
+
+InputT = TypeVar("InputT")
+
+# Per step (not per saga instance), so that concurrent steps of one saga each
+# see their own key and attempt.
+_step_key: ContextVar[str | None] = ContextVar("sagadsl_step_key", default=None)
+_attempt: ContextVar[int | None] = ContextVar("sagadsl_attempt", default=None)
+
+
+def _is_marked(value: object) -> bool:
+    return hasattr(value, STEP_ATTR) or hasattr(value, COMPENSATES_ATTR)
+
+
+class _ClassBody(dict[str, Any]):
+    """Class namespace that notices a step or compensation defined twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redefined: list[str] = []
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self and _is_marked(self[key]) and _is_marked(value):
+            self.redefined.append(key)
+        super().__setitem__(key, value)
+
+
+class SagaMeta(type):
+    """Builds, checks and registers the step graph when a saga class is created.
+
+    Class keywords: ``name="orders.place"`` (default ``module:QualName``)
+    registers the class under that name; ``abstract=True`` marks a base class
+    without steps of its own.
+    """
+
+    @classmethod
+    def __prepare__(mcls, cls_name: str, bases: tuple[type, ...], /, **kwargs: Any) -> dict[str, Any]:
+        return _ClassBody()
+
+    def __new__(
+        mcls, cls_name: str, bases: tuple[type, ...], namespace: dict[str, Any], /,
+        *, name: str | None = None, abstract: bool = False, **kwargs: Any,
+    ) -> SagaMeta:
+        cls = super().__new__(mcls, cls_name, bases, dict(namespace), **kwargs)
+        if not any(isinstance(base, SagaMeta) for base in bases):
+            return cls  # the ``Saga`` root itself
+        _check_bare_decorators(cls_name, namespace)
+        redefined = getattr(namespace, "redefined", [])
+        if redefined:
+            raise SagaDefinitionError(
+                f"{cls_name}.{redefined[0]}: defined twice in the class body; the second definition "
+                "would silently replace the first. Give each step and compensation its own name"
+            )
+        input_type = _input_type(cls, bases)
+        cls.__saga_input_type__ = input_type  # type: ignore[attr-defined]
+        steps, compensations = _collect(cls, cls_name)
+        if not steps:
+            if abstract:
+                cls.definition = None  # type: ignore[assignment]
+                return cls
+            raise SagaDefinitionError(
+                f"{cls_name}: defines no @step methods; add at least one, or declare a base class "
+                f"with class {cls_name}(Saga[...], abstract=True)"
+            )
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise SagaDefinitionError(f"{cls_name}: name= must be a non-empty string, got {name!r}")
+        saga_name = name or f"{cls.__module__}:{cls.__qualname__}"
+        cls.definition = build_definition(cls_name, saga_name, input_type, steps, compensations, cls)
+        cls.saga_name = saga_name
+        register(saga_name, cls)  # type: ignore[arg-type]
+        return cls
+
+    def __init__(cls, cls_name: str, bases: tuple[type, ...], namespace: dict[str, Any], /,
+                 **kwargs: Any) -> None:
+        super().__init__(cls_name, bases, namespace)
+
+
+def _check_bare_decorators(cls_name: str, namespace: dict[str, Any]) -> None:
+    for attr, value in namespace.items():
+        if hasattr(value, BARE_COMPENSATES_ATTR):
+            raise SagaDefinitionError(
+                f'{cls_name}.{attr}: @compensates must be called with the step it undoes, '
+                f'e.g. @compensates("reserve") or @compensates(reserve)'
+            )
+
+
+def _input_type(cls: type, bases: tuple[type, ...]) -> Any:
+    for alias in getattr(cls, "__orig_bases__", ()):
+        origin = typing.get_origin(alias)
+        if isinstance(origin, SagaMeta):
+            args = typing.get_args(alias)
+            if args and not isinstance(args[0], TypeVar):
+                return args[0]
+    for base in bases:
+        inherited = getattr(base, "__saga_input_type__", None)
+        if inherited is not None:
+            return inherited
+    return Any
+
+
+def _collect(cls: type, cls_name: str) -> tuple[
+    list[tuple[str, Any, StepSpec]], list[tuple[str, Any, CompensatesSpec]]
+]:
+    """Decorated members by MRO, base classes first; overrides keep their place."""
+    steps: dict[str, tuple[Any, StepSpec]] = {}
+    comps: dict[str, tuple[Any, CompensatesSpec]] = {}
+    for klass in reversed(cls.__mro__):
+        if not isinstance(klass, SagaMeta):
+            continue
+        for attr, value in vars(klass).items():
+            step_spec = getattr(value, STEP_ATTR, None)
+            comp_spec = getattr(value, COMPENSATES_ATTR, None)
+            if step_spec is not None:
+                steps[attr] = (value, step_spec)
+                comps.pop(attr, None)
+            elif comp_spec is not None:
+                comps[attr] = (value, comp_spec)
+                steps.pop(attr, None) if attr in steps and klass is not cls else None
+            elif attr in steps and callable(value):
+                raise SagaDefinitionError(
+                    f"{cls_name}.{attr}: overrides the step {display_name(steps[attr][0])} without @step; "
+                    f"decorate the override with @step(idempotency_key=...)"
+                )
+    return ([(n, f, s) for n, (f, s) in steps.items()],
+            [(n, f, s) for n, (f, s) in comps.items()])
+
+
+class Saga(Generic[InputT], metaclass=SagaMeta):
+    """Base class of every saga; generic over its input type.
+
+    Subclass it as ``class PlaceOrder(Saga[Order])`` with ``@step`` methods
+    and their ``@compensates`` counterparts. The metaclass builds the step
+    graph (:attr:`definition`) when the class statement runs.
+    """
+
+    #: The checked step graph, built when the class is created.
+    definition: ClassVar[SagaDefinition]
+    #: The name the class is registered under.
+    saga_name: ClassVar[str]
+
+    _input: InputT
+    _saga_id: str
+
+    @property
+    def input(self) -> InputT:
+        """The saga's input, decoded to the declared input type."""
+        return self._input
+
+    @property
+    def saga_id(self) -> str:
+        """The id this saga runs under."""
+        return self._saga_id
+
+    @property
+    def step_key(self) -> str:
+        """The running step's idempotency key: the same for every attempt and resume."""
+        key = _step_key.get()
+        if key is None:
+            raise RuntimeError(f"{type(self).__name__}.step_key is only available inside a step "
+                               "or compensation")
+        return key
+
+    @property
+    def attempt(self) -> int:
+        """The running step's attempt, starting at 1."""
+        attempt = _attempt.get()
+        if attempt is None:
+            raise RuntimeError(f"{type(self).__name__}.attempt is only available inside a step "
+                               "or compensation")
+        return attempt
+
+    @classmethod
+    def _bind(cls, input: InputT, saga_id: str) -> Saga[InputT]:
+        saga = cls()
+        saga._input = input
+        saga._saga_id = saga_id
+        return saga

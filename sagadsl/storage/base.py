@@ -1,0 +1,156 @@
+"""The storage contract: what the engine needs from a place that keeps sagas.
+
+Two backends ship: :class:`~sagadsl.storage.sql.SqlStorage` (SQLite and
+PostgreSQL) and :class:`~sagadsl.storage.memory.InMemoryStorage` (tests only).
+A team can plug in its own by implementing :class:`Storage`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+
+from ..records import QueryResult, WorkflowRecord
+from ..status import StepStatus, WorkflowStatus
+
+__all__ = ["Storage", "StorageSession", "NewWorkflow", "NewStep", "QueryFilter", "Change"]
+
+
+@dataclass(frozen=True)
+class NewStep:
+    """A step row written when its saga is created (status ``pending``)."""
+
+    name: str
+    position: int
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class NewWorkflow:
+    """Everything written by a saga's first commit."""
+
+    id: str
+    saga_name: str
+    input: Any
+    idempotency_key: str
+    fingerprint: str
+    steps: tuple[NewStep, ...]
+    now: datetime
+    stuck_after: datetime | None
+    status: WorkflowStatus = WorkflowStatus.PENDING
+
+
+@dataclass(frozen=True)
+class Change:
+    """One commit's worth of changes to a saga and its steps.
+
+    ``workflow`` holds column values of the saga row (``updated_at`` is
+    always set); ``steps`` maps step names to column values of their rows.
+    """
+
+    workflow: dict[str, Any]
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    new_steps: tuple[NewStep, ...] = ()
+    removed_steps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueryFilter:
+    """What :meth:`Storage.query` selects; unset fields do not filter."""
+
+    statuses: tuple[WorkflowStatus, ...] = ()
+    saga_name: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    stuck_at: datetime | None = None
+    offset: int = 0
+    limit: int = 100
+
+
+@runtime_checkable
+class StorageSession(Protocol):
+    """The storage side of one running saga: one pinned connection, one claim.
+
+    Used by one executor at a time; closing it releases the claim.
+    """
+
+    def begin(self, new: NewWorkflow | None, *, saga_id: str, claim: bool,
+              now: datetime) -> WorkflowRecord | None:
+        """Claim the saga and write ``new`` in one commit.
+
+        Returns None when ``new`` was written; otherwise the stored saga
+        (claimed too, if it is not finished).
+
+        Raises:
+            SagaLockedError: another live executor holds the saga.
+            SagaNotFoundError: ``new`` is None and no such saga exists.
+        """
+        ...
+
+    def write(self, change: Change) -> None:
+        """Commit ``change`` atomically.
+
+        Raises:
+            SagaLockedError: the claim was lost; nothing was written.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the claim and the connection."""
+        ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where sagas are kept."""
+
+    #: False for storages that lose everything when the process ends.
+    is_production_safe: bool
+    #: True when a dead executor's claim is released at once.
+    detects_dead_executors: bool
+
+    def session(self, saga_id: str) -> StorageSession:
+        """A session for running the saga ``saga_id``."""
+        ...
+
+    def get(self, saga_id: str) -> WorkflowRecord | None:
+        """The saga ``saga_id`` with its steps, or None."""
+        ...
+
+    def query(self, flt: QueryFilter) -> QueryResult:
+        """One page of sagas matching ``flt``, newest first, and the total."""
+        ...
+
+    def count(self, statuses: Sequence[WorkflowStatus]) -> int:
+        """How many sagas have one of ``statuses`` (all sagas if empty)."""
+        ...
+
+    def count_by_status(self) -> dict[WorkflowStatus, int]:
+        """How many sagas are in each status."""
+        ...
+
+    def retry(self, saga_id: str, now: datetime, max_retries: int) -> int:
+        """Move a dead-letter saga back to ``pending`` and return its new retry count.
+
+        The cap is enforced in the same atomic update that moves the saga.
+
+        Raises:
+            SagaNotFoundError, InvalidStateError, RetryCapExceededError
+        """
+        ...
+
+    def recoverable(self, now: datetime, limit: int) -> list[str]:
+        """Ids of active sagas that may have no live executor, oldest first."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def step_statuses(values: Iterable[str]) -> list[StepStatus]:
+    """Parse stored step statuses."""
+    return [StepStatus(v) for v in values]

@@ -1,0 +1,202 @@
+"""In-memory storage for unit tests: fast, and gone when the process ends."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Sequence
+
+from ..errors import (
+    InvalidStateError,
+    RetryCapExceededError,
+    SagaLockedError,
+    SagaNotFoundError,
+)
+from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
+from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
+from .base import Change, NewWorkflow, QueryFilter
+
+__all__ = ["InMemoryStorage"]
+
+
+@dataclass
+class _Row:
+    values: dict[str, Any]
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class InMemoryStorage:
+    """Sagas in a dict guarded by a lock. **Not production safe.**
+
+    Everything is lost when the process exits, and claims only exclude other
+    executors in this process. Use it in unit tests; the engine logs a
+    warning when it is used.
+    """
+
+    is_production_safe = False
+    detects_dead_executors = True
+
+    def __init__(self) -> None:
+        self._guard = threading.RLock()
+        self._rows: dict[str, _Row] = {}
+        self._claims: dict[str, str] = {}
+
+    def session(self, saga_id: str) -> _MemorySession:
+        return _MemorySession(self, saga_id)
+
+    def get(self, saga_id: str) -> WorkflowRecord | None:
+        with self._guard:
+            row = self._rows.get(saga_id)
+            return _record(row) if row is not None else None
+
+    def query(self, flt: QueryFilter) -> QueryResult:
+        with self._guard:
+            matches = [r for r in self._rows.values() if _matches(r.values, flt)]
+            matches.sort(key=lambda r: (r.values["created_at"], r.values["id"]), reverse=True)
+            page = matches[flt.offset: flt.offset + flt.limit]
+            return QueryResult(workflows=[_record(r) for r in page], total=len(matches))
+
+    def count(self, statuses: Sequence[WorkflowStatus]) -> int:
+        wanted = {s.value for s in statuses}
+        with self._guard:
+            return sum(1 for r in self._rows.values() if not wanted or r.values["status"] in wanted)
+
+    def count_by_status(self) -> dict[WorkflowStatus, int]:
+        with self._guard:
+            counts = {status: 0 for status in WorkflowStatus}
+            for r in self._rows.values():
+                counts[WorkflowStatus(r.values["status"])] += 1
+            return counts
+
+    def retry(self, saga_id: str, now: datetime, max_retries: int) -> int:
+        with self._guard:
+            row = self._rows.get(saga_id)
+            if row is None:
+                raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+            v = row.values
+            if v["status"] != WorkflowStatus.DEAD_LETTER.value:
+                raise InvalidStateError(f"saga {saga_id!r} is {v['status']}, not dead_letter; only a "
+                                        "dead-letter saga can be retried", saga_id=saga_id)
+            if v["retry_count"] >= max_retries:
+                raise RetryCapExceededError(
+                    f"saga {saga_id!r} was already retried {v['retry_count']} times, the cap is "
+                    f"{max_retries}; inspect it with `saga-admin show {saga_id}` and resolve it by hand",
+                    saga_id=saga_id)
+            v.update(status=WorkflowStatus.PENDING.value, retry_count=v["retry_count"] + 1,
+                     started_at=now, updated_at=now, stuck_after=now)
+            return int(v["retry_count"])
+
+    def recoverable(self, now: datetime, limit: int) -> list[str]:
+        with self._guard:
+            active = [r.values for r in self._rows.values()
+                      if r.values["status"] in {s.value for s in ACTIVE_STATUSES}
+                      and r.values["id"] not in self._claims]
+            active.sort(key=lambda v: v["updated_at"])
+            return [v["id"] for v in active[:limit]]
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "InMemoryStorage()"
+
+
+def _matches(v: dict[str, Any], flt: QueryFilter) -> bool:
+    if flt.statuses and v["status"] not in {s.value for s in flt.statuses}:
+        return False
+    if flt.saga_name and v["saga_name"] != flt.saga_name:
+        return False
+    if flt.created_after and v["created_at"] < flt.created_after:
+        return False
+    if flt.created_before and v["created_at"] >= flt.created_before:
+        return False
+    if flt.updated_after and v["updated_at"] < flt.updated_after:
+        return False
+    if flt.updated_before and v["updated_at"] >= flt.updated_before:
+        return False
+    if flt.stuck_at:
+        if v["status"] not in {s.value for s in ACTIVE_STATUSES}:
+            return False
+        if v["stuck_after"] is None or v["stuck_after"] >= flt.stuck_at:
+            return False
+    return True
+
+
+def _record(row: _Row) -> WorkflowRecord:
+    v = copy.deepcopy(row.values)
+    error = None
+    if v.get("error") is not None or v.get("compensation_error") is not None:
+        error = ErrorInfo(step_name=v.get("error_step"), error=v.get("error"),
+                          compensation_error=v.get("compensation_error"), timestamp=v.get("error_at"))
+    steps = sorted(row.steps.values(), key=lambda s: s["position"])
+    return WorkflowRecord(
+        id=v["id"], saga_name=v["saga_name"], status=WorkflowStatus(v["status"]), input=v["input"],
+        idempotency_key=v["idempotency_key"], fingerprint=v["fingerprint"],
+        steps=tuple(StepRecord(
+            name=s["name"], position=s["position"], idempotency_key=s["idempotency_key"],
+            status=StepStatus(s["status"]), result=copy.deepcopy(s.get("result")),
+            attempts=s.get("attempts", 0), started_at=s.get("started_at"), finished_at=s.get("finished_at"),
+            error=s.get("error"), compensation_error=s.get("compensation_error"),
+            compensated_at=s.get("compensated_at")) for s in steps),
+        retry_count=v["retry_count"], error=error, created_at=v["created_at"], updated_at=v["updated_at"],
+        started_at=v["started_at"], current_step=v.get("current_step"), stuck_after=v.get("stuck_after"),
+    )
+
+
+class _MemorySession:
+    def __init__(self, storage: InMemoryStorage, saga_id: str) -> None:
+        self._storage = storage
+        self._saga_id = saga_id
+        self._claimed = False
+
+    def begin(self, new: NewWorkflow | None, *, saga_id: str, claim: bool,
+              now: datetime) -> WorkflowRecord | None:
+        s = self._storage
+        with s._guard:
+            if claim:
+                if saga_id in s._claims:
+                    raise SagaLockedError(
+                        f"saga {saga_id!r} is being run by another live executor; wait for it to finish",
+                        saga_id=saga_id)
+                s._claims[saga_id] = "held"
+                self._claimed = True
+            row = s._rows.get(saga_id)
+            if row is None and new is not None:
+                values = {f.name: getattr(new, f.name) for f in dataclasses.fields(new)
+                          if f.name not in ("steps", "now")}
+                values.update(status=new.status.value, input=copy.deepcopy(new.input), retry_count=0,
+                              created_at=new.now, updated_at=new.now, started_at=new.now,
+                              current_step=None, error_step=None, error=None, compensation_error=None,
+                              error_at=None)
+                s._rows[saga_id] = _Row(values, {
+                    st.name: {"name": st.name, "position": st.position,
+                              "idempotency_key": st.idempotency_key,
+                              "status": StepStatus.PENDING.value, "attempts": 0}
+                    for st in new.steps})
+                return None
+            if row is None:
+                raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+            return _record(row)
+
+    def write(self, change: Change) -> None:
+        s = self._storage
+        with s._guard:
+            row = s._rows[self._saga_id]
+            row.values.update(copy.deepcopy(change.workflow))
+            for name, values in change.steps.items():
+                row.steps[name].update(copy.deepcopy(values))
+            for st in change.new_steps:
+                row.steps[st.name] = {"name": st.name, "position": st.position,
+                                      "idempotency_key": st.idempotency_key,
+                                      "status": StepStatus.PENDING.value, "attempts": 0}
+            for name in change.removed_steps:
+                row.steps.pop(name, None)
+
+    def close(self) -> None:
+        if self._claimed:
+            with self._storage._guard:
+                self._storage._claims.pop(self._saga_id, None)
+            self._claimed = False

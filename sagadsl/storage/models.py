@@ -1,0 +1,128 @@
+"""SQLAlchemy ORM models of the two tables: one row per saga, one row per step.
+
+The Alembic migrations in ``migrations/`` create exactly these tables; a test
+compares the two so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, DateTime, ForeignKeyConstraint, Index, Integer, MetaData, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["Base", "WorkflowRow", "StepRow", "UTCDateTime", "JSONDocument", "metadata"]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend.
+
+    PostgreSQL stores ``timestamptz``. SQLite has no time zones, so values are
+    stored as naive UTC (which keeps string order equal to time order) and
+    given back their UTC zone when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[datetime], dialect: Dialect) -> Optional[datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: sagadsl stores timezone-aware UTC times")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Optional[datetime], dialect: Dialect) -> Optional[datetime]:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+#: JSON everywhere, JSONB on PostgreSQL.
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of sagadsl's tables (its own metadata)."""
+
+    metadata = metadata
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONDocument}
+
+
+class WorkflowRow(Base):
+    """One saga: its status, input, error block and executor claim."""
+
+    __tablename__ = "sagadsl_workflows"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    saga_name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32))
+    input: Mapped[Optional[Any]] = mapped_column(JSONDocument, nullable=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    retry_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Bumped by every write; a write that expects another version was fenced off.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    current_step: Mapped[Optional[str]] = mapped_column(String(255))
+    error_step: Mapped[Optional[str]] = mapped_column(String(255))
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    compensation_error: Mapped[Optional[str]] = mapped_column(Text)
+    error_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Start of the current execution budget (creation, or the last retry).
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Past this time an active saga counts as stuck.
+    stuck_after: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    #: Lease-based claim (where advisory locks do not exist): owner and expiry.
+    owner: Mapped[Optional[str]] = mapped_column(String(255))
+    lease_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_sagadsl_workflows_status_created_at", "status", "created_at"),
+        Index("ix_sagadsl_workflows_status_updated_at", "status", "updated_at"),
+        Index("ix_sagadsl_workflows_saga_name_created_at", "saga_name", "created_at"),
+        Index("ix_sagadsl_workflows_created_at", "created_at"),
+        Index("ix_sagadsl_workflows_updated_at", "updated_at"),
+    )
+
+
+class StepRow(Base):
+    """One step of one saga; its row is updated in place, never rewritten as an array."""
+
+    __tablename__ = "sagadsl_steps"
+
+    workflow_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32))
+    result: Mapped[Optional[Any]] = mapped_column(JSONDocument, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    compensation_error: Mapped[Optional[str]] = mapped_column(Text)
+    compensated_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        ForeignKeyConstraint(["workflow_id"], ["sagadsl_workflows.id"], ondelete="CASCADE"),
+    )
+
+
+workflows = WorkflowRow.__table__
+steps = StepRow.__table__

@@ -1,0 +1,508 @@
+"""SQL storage on SQLAlchemy Core: SQLite (embedded default) and PostgreSQL.
+
+One pinned connection per running saga. Writes are Core statements built
+from the ORM tables, each commit guarded by the saga row's ``version`` so
+an executor that lost its claim cannot overwrite a newer state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from datetime import datetime, timedelta
+from typing import Any, Callable, Sequence, TypeVar
+
+from sqlalchemy import and_, delete, event, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import create_engine
+from sqlalchemy.sql import Select
+
+from ..errors import (
+    InvalidStateError,
+    RetryCapExceededError,
+    SagaLockedError,
+    SagaNotFoundError,
+    StorageError,
+)
+from ..limits import MAX_EXECUTION_DURATION
+from ..locks import advisory_key, owner_is_dead, owner_token
+from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
+from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
+from .base import Change, NewWorkflow, QueryFilter
+from .models import steps as steps_table
+from .models import workflows as wf_table
+from .schema import check_schema, migrate
+
+__all__ = ["SqlStorage", "SqlSession", "mask_url"]
+
+logger = logging.getLogger("sagadsl.storage")
+
+#: An executor's lease on a saga row (where advisory locks do not exist). It is
+#: renewed by every commit, and no step may run longer than the saga's budget.
+LEASE_DURATION = MAX_EXECUTION_DURATION + timedelta(minutes=1)
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+T = TypeVar("T")
+
+
+def mask_url(url: str | Any) -> str:
+    """The URL as text with any password replaced by ``***``."""
+    try:
+        return make_url(str(url)).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+
+
+class SqlStorage:
+    """Sagas in a SQL database through SQLAlchemy.
+
+    Args:
+        url_or_engine: ``sqlite:///path.db``, ``postgresql+psycopg://...`` or an Engine.
+        schema: PostgreSQL schema holding the tables (default: the search path).
+        auto_migrate: Install/upgrade the tables at start. Default: True for
+            SQLite (the embedded default upgrades itself), False elsewhere,
+            where a missing or old schema raises ``SchemaOutOfDateError``.
+        pool_size: Connections kept open; each running saga pins one.
+        reconnect_timeout: Seconds a write keeps retrying after the
+            connection to the database is lost, before the executor stops
+            and leaves the saga resumable.
+    """
+
+    is_production_safe = True
+    detects_dead_executors = True
+
+    def __init__(
+        self,
+        url_or_engine: str | Engine,
+        *,
+        schema: str | None = None,
+        auto_migrate: bool | None = None,
+        pool_size: int = 10,
+        reconnect_timeout: float = 30.0,
+    ) -> None:
+        if schema is not None and not _IDENTIFIER.match(schema):
+            raise ValueError(f"schema {schema!r} is not a valid SQL identifier "
+                             "(letters, digits and _, not starting with a digit, at most 63 characters)")
+        self.schema = schema
+        self.reconnect_timeout = reconnect_timeout
+        if isinstance(url_or_engine, Engine):
+            engine = url_or_engine
+        else:
+            engine = _create_engine(url_or_engine, pool_size)
+        if schema:
+            engine = engine.execution_options(schema_translate_map={None: schema})
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.advisory = self.dialect == "postgresql"
+        self.url = mask_url(engine.url)
+        if auto_migrate is None:
+            auto_migrate = self.dialect == "sqlite"
+        self._ensure_schema(auto_migrate)
+
+    def _ensure_schema(self, auto_migrate: bool) -> None:
+        from ..errors import SchemaOutOfDateError
+
+        with self.engine.connect() as conn:
+            try:
+                check_schema(conn, self.schema)
+                return
+            except SchemaOutOfDateError:
+                if not auto_migrate:
+                    raise
+        migrate(self.engine, schema=self.schema)
+
+    # -- sessions -----------------------------------------------------------
+
+    def session(self, saga_id: str) -> SqlSession:
+        """A session that pins one connection for running ``saga_id``."""
+        return SqlSession(self, saga_id)
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, saga_id: str) -> WorkflowRecord | None:
+        with self.engine.connect() as conn:
+            return _load(conn, saga_id)
+
+    def query(self, flt: QueryFilter) -> QueryResult:
+        conditions = _conditions(flt)
+        page = (select(wf_table).where(*conditions)
+                .order_by(wf_table.c.created_at.desc(), wf_table.c.id.desc())
+                .offset(flt.offset).limit(flt.limit))
+        total = select(func.count()).select_from(wf_table).where(*conditions)
+        with self.engine.connect() as conn:
+            rows = conn.execute(page).mappings().all()
+            count = conn.execute(total).scalar_one()
+            step_rows = _steps_for(conn, [r["id"] for r in rows])
+        return QueryResult(workflows=[_record(r, step_rows.get(r["id"], [])) for r in rows], total=count)
+
+    def count(self, statuses: Sequence[WorkflowStatus]) -> int:
+        stmt = select(func.count()).select_from(wf_table)
+        if statuses:
+            stmt = stmt.where(wf_table.c.status.in_([str(s.value) for s in statuses]))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def count_by_status(self) -> dict[WorkflowStatus, int]:
+        stmt = select(wf_table.c.status, func.count()).group_by(wf_table.c.status)
+        with self.engine.connect() as conn:
+            counts = {WorkflowStatus(status): int(n) for status, n in conn.execute(stmt)}
+        return {status: counts.get(status, 0) for status in WorkflowStatus}
+
+    def recoverable(self, now: datetime, limit: int) -> list[str]:
+        stmt = (select(wf_table.c.id, wf_table.c.owner, wf_table.c.lease_expires_at)
+                .where(wf_table.c.status.in_([s.value for s in ACTIVE_STATUSES]))
+                .order_by(wf_table.c.updated_at).limit(limit * 4 if not self.advisory else limit))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        if self.advisory:
+            return [r.id for r in rows]
+        free = [r.id for r in rows
+                if r.owner is None or (r.lease_expires_at is not None and r.lease_expires_at < now)
+                or owner_is_dead(r.owner)]
+        return free[:limit]
+
+    # -- operator actions ---------------------------------------------------
+
+    def retry(self, saga_id: str, now: datetime, max_retries: int) -> int:
+        stmt = (update(wf_table)
+                .where(wf_table.c.id == saga_id,
+                       wf_table.c.status == WorkflowStatus.DEAD_LETTER.value,
+                       wf_table.c.retry_count < max_retries)
+                .values(status=WorkflowStatus.PENDING.value, retry_count=wf_table.c.retry_count + 1,
+                        started_at=now, updated_at=now, stuck_after=now, owner=None,
+                        lease_expires_at=None, version=wf_table.c.version + 1)
+                .returning(wf_table.c.retry_count))
+        with self.engine.begin() as conn:
+            moved = conn.execute(stmt).scalar_one_or_none()
+            if moved is not None:
+                return int(moved)
+            row = conn.execute(select(wf_table.c.status, wf_table.c.retry_count)
+                               .where(wf_table.c.id == saga_id)).first()
+        _explain_refused_retry(saga_id, row, max_retries)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Dispose of the connection pool."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"SqlStorage({self.url!r})"
+
+
+def _explain_refused_retry(saga_id: str, row: Any, max_retries: int) -> None:
+    if row is None:
+        raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+    if row.status != WorkflowStatus.DEAD_LETTER.value:
+        raise InvalidStateError(f"saga {saga_id!r} is {row.status}, not dead_letter; only a dead-letter "
+                                "saga can be retried", saga_id=saga_id)
+    raise RetryCapExceededError(f"saga {saga_id!r} was already retried {row.retry_count} times, the cap "
+                                f"is {max_retries}; inspect it with `saga-admin show {saga_id}` and resolve "
+                                "it by hand", saga_id=saga_id)
+
+
+def _create_engine(url: str, pool_size: int) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg2", "psycopg2cffi", ""):
+        # psycopg 3 is the supported driver; a bare postgresql:// means it too.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=False)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE itself: a
+        # deferred transaction that later writes can fail with "database is
+        # locked" without waiting; IMMEDIATE waits for the busy timeout.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _dialect_insert(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return postgresql.insert
+    if dialect == "sqlite":
+        return sqlite.insert
+    return None
+
+
+def _conditions(flt: QueryFilter) -> list[Any]:
+    c = wf_table.c
+    conditions: list[Any] = []
+    if flt.statuses:
+        conditions.append(c.status.in_([s.value for s in flt.statuses]))
+    if flt.saga_name:
+        conditions.append(c.saga_name == flt.saga_name)
+    if flt.created_after:
+        conditions.append(c.created_at >= flt.created_after)
+    if flt.created_before:
+        conditions.append(c.created_at < flt.created_before)
+    if flt.updated_after:
+        conditions.append(c.updated_at >= flt.updated_after)
+    if flt.updated_before:
+        conditions.append(c.updated_at < flt.updated_before)
+    if flt.stuck_at:
+        conditions.append(c.status.in_([s.value for s in ACTIVE_STATUSES]))
+        conditions.append(c.stuck_after < flt.stuck_at)
+    return conditions
+
+
+def _steps_for(conn: Connection, ids: list[str]) -> dict[str, list[Any]]:
+    if not ids:
+        return {}
+    out: dict[str, list[Any]] = {}
+    rows = conn.execute(select(steps_table).where(steps_table.c.workflow_id.in_(ids))
+                        .order_by(steps_table.c.workflow_id, steps_table.c.position)).mappings()
+    for row in rows:
+        out.setdefault(row["workflow_id"], []).append(row)
+    return out
+
+
+def _record(row: Any, step_rows: list[Any]) -> WorkflowRecord:
+    error = None
+    if row["error"] is not None or row["compensation_error"] is not None:
+        error = ErrorInfo(step_name=row["error_step"], error=row["error"],
+                          compensation_error=row["compensation_error"], timestamp=row["error_at"])
+    return WorkflowRecord(
+        id=row["id"], saga_name=row["saga_name"], status=WorkflowStatus(row["status"]),
+        input=row["input"], idempotency_key=row["idempotency_key"], fingerprint=row["fingerprint"],
+        steps=tuple(
+            StepRecord(name=s["name"], position=s["position"], idempotency_key=s["idempotency_key"],
+                       status=StepStatus(s["status"]), result=s["result"], attempts=s["attempts"],
+                       started_at=s["started_at"], finished_at=s["finished_at"], error=s["error"],
+                       compensation_error=s["compensation_error"], compensated_at=s["compensated_at"])
+            for s in step_rows
+        ),
+        retry_count=row["retry_count"], error=error, created_at=row["created_at"],
+        updated_at=row["updated_at"], started_at=row["started_at"], current_step=row["current_step"],
+        stuck_after=row["stuck_after"],
+    )
+
+
+def _load(conn: Connection, saga_id: str) -> WorkflowRecord | None:
+    row = conn.execute(select(wf_table).where(wf_table.c.id == saga_id)).mappings().first()
+    if row is None:
+        return None
+    step_rows = conn.execute(select(steps_table).where(steps_table.c.workflow_id == saga_id)
+                             .order_by(steps_table.c.position)).mappings().all()
+    return _record(row, list(step_rows))
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated or isinstance(exc, OperationalError))
+
+
+class SqlSession:
+    """One running saga's pinned connection, claim and version fence."""
+
+    def __init__(self, storage: SqlStorage, saga_id: str) -> None:
+        self._storage = storage
+        self._saga_id = saga_id
+        self._conn: Connection | None = None
+        self._token = owner_token()
+        self._advisory_held = False
+        self._lease_held = False
+        self._version = 0
+        self._insert = _dialect_insert(storage.dialect)
+
+    # -- connection ---------------------------------------------------------
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self._storage.engine.connect()
+        return self._conn
+
+    def _try_advisory(self, conn: Connection) -> bool:
+        got = conn.execute(select(func.pg_try_advisory_lock(advisory_key(self._saga_id)))).scalar_one()
+        return bool(got)
+
+    def _locked(self, holder: str | None = None) -> SagaLockedError:
+        who = f" ({holder})" if holder else ""
+        return SagaLockedError(
+            f"saga {self._saga_id!r} is being run by another live executor{who}; wait for it to "
+            "finish, or let a worker resume it if that executor dies", saga_id=self._saga_id)
+
+    # -- protocol -----------------------------------------------------------
+
+    def begin(self, new: NewWorkflow | None, *, saga_id: str, claim: bool,
+              now: datetime) -> WorkflowRecord | None:
+        conn = self._connection()
+        with conn.begin():
+            if claim and self._storage.advisory:
+                if not self._try_advisory(conn):
+                    raise self._locked()
+                self._advisory_held = True
+            if new is not None and self._insert_new(conn, new, claim):
+                self._lease_held = claim and not self._storage.advisory
+                self._version = 0
+                return None
+            record = _load(conn, saga_id)
+            if record is None:
+                raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+            self._version = int(conn.execute(select(wf_table.c.version)
+                                              .where(wf_table.c.id == saga_id)).scalar_one())
+            if claim and not self._storage.advisory and not record.status.is_terminal:
+                self._claim_lease(conn, now)
+            return record
+
+    def _insert_new(self, conn: Connection, new: NewWorkflow, claim: bool) -> bool:
+        lease = claim and not self._storage.advisory
+        values = dict(
+            id=new.id, saga_name=new.saga_name, status=new.status.value, input=new.input,
+            idempotency_key=new.idempotency_key, fingerprint=new.fingerprint, retry_count=0,
+            version=0, created_at=new.now, updated_at=new.now, started_at=new.now,
+            stuck_after=new.stuck_after, owner=self._token if lease else None,
+            lease_expires_at=new.now + LEASE_DURATION if lease else None,
+        )
+        if self._insert is not None:
+            inserted = conn.execute(self._insert(wf_table).values(**values)
+                                    .on_conflict_do_nothing(index_elements=["id"])
+                                    .returning(wf_table.c.id)).scalar_one_or_none()
+            if inserted is None:
+                return False
+        else:  # a dialect without ON CONFLICT: read first
+            if conn.execute(select(wf_table.c.id).where(wf_table.c.id == new.id)).first():
+                return False
+            conn.execute(insert(wf_table).values(**values))
+        if new.steps:
+            conn.execute(insert(steps_table), [
+                dict(workflow_id=new.id, name=s.name, position=s.position, idempotency_key=s.idempotency_key,
+                     status=StepStatus.PENDING.value, attempts=0)
+                for s in new.steps
+            ])
+        return True
+
+    def _claim_lease(self, conn: Connection, now: datetime) -> None:
+        row = conn.execute(select(wf_table.c.owner, wf_table.c.lease_expires_at)
+                           .where(wf_table.c.id == self._saga_id)).one()
+        owner, expires = row.owner, row.lease_expires_at
+        free = owner is None or (expires is not None and expires < now) or owner_is_dead(owner)
+        if not free:
+            raise self._locked(f"owner {owner}, lease until {expires.isoformat() if expires else '?'}")
+        if owner is not None:
+            logger.warning("taking over saga %s from dead or expired executor %s", self._saga_id, owner,
+                           extra={"saga_id": self._saga_id})
+        conn.execute(update(wf_table).where(wf_table.c.id == self._saga_id, wf_table.c.version == self._version)
+                     .values(owner=self._token, lease_expires_at=now + LEASE_DURATION,
+                             version=self._version + 1))
+        self._version += 1
+        self._lease_held = True
+
+    def write(self, change: Change) -> None:
+        expected = self._version
+        deadline = time.monotonic() + self._storage.reconnect_timeout
+        delay = 0.05
+        replay = False
+        while True:
+            try:
+                conn = self._connection()
+                if replay and self._landed(conn, expected):
+                    break
+                self._write_once(conn, change, expected)
+                break
+            except SagaLockedError:
+                raise
+            except DBAPIError as exc:
+                if not _is_disconnect(exc) or time.monotonic() > deadline:
+                    if _is_disconnect(exc):
+                        raise StorageError(
+                            f"lost the connection to {self._storage.url} while saving saga "
+                            f"{self._saga_id!r} and could not reconnect within "
+                            f"{self._storage.reconnect_timeout:.0f}s; the saga stays resumable",
+                            saga_id=self._saga_id) from exc
+                    raise
+                logger.warning("connection lost while saving saga %s; reconnecting", self._saga_id,
+                               extra={"saga_id": self._saga_id})
+                self._advisory_held = False
+                replay = True
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self._version = expected + 1
+        if change.workflow.get("status") in _TERMINAL_VALUES:
+            self._lease_held = False  # cleared by the final write itself
+
+    def _landed(self, conn: Connection, expected: int) -> bool:
+        """After a reconnect: re-claim, then tell whether the lost commit landed."""
+        with conn.begin():
+            if self._storage.advisory:
+                if not self._try_advisory(conn):
+                    raise self._locked("it was taken over while this executor was disconnected")
+                self._advisory_held = True
+            version = conn.execute(select(wf_table.c.version).where(wf_table.c.id == self._saga_id)).scalar()
+        if version == expected + 1:
+            return True
+        if version != expected:
+            raise self._locked("it changed while this executor was disconnected")
+        return False
+
+    def _write_once(self, conn: Connection, change: Change, expected: int) -> None:
+        values = dict(change.workflow)
+        values["version"] = expected + 1
+        if self._lease_held:
+            if values.get("status") in _TERMINAL_VALUES:
+                values["owner"] = None
+                values["lease_expires_at"] = None
+            else:
+                values["lease_expires_at"] = values["updated_at"] + LEASE_DURATION
+        with conn.begin():
+            result = conn.execute(update(wf_table)
+                                  .where(wf_table.c.id == self._saga_id, wf_table.c.version == expected)
+                                  .values(**values))
+            if result.rowcount != 1:
+                raise self._locked("its stored state moved on; this executor stops")
+            for name, step_values in change.steps.items():
+                conn.execute(update(steps_table)
+                             .where(steps_table.c.workflow_id == self._saga_id, steps_table.c.name == name)
+                             .values(**step_values))
+            if change.new_steps:
+                conn.execute(insert(steps_table), [
+                    dict(workflow_id=self._saga_id, name=s.name, position=s.position,
+                         idempotency_key=s.idempotency_key, status=StepStatus.PENDING.value, attempts=0)
+                    for s in change.new_steps
+                ])
+            if change.removed_steps:
+                conn.execute(delete(steps_table).where(steps_table.c.workflow_id == self._saga_id,
+                                                       steps_table.c.name.in_(change.removed_steps)))
+
+    def close(self) -> None:
+        conn = self._conn
+        self._conn = None
+        if conn is None:
+            return
+        try:
+            if self._lease_held and not conn.invalidated:
+                with conn.begin():
+                    conn.execute(update(wf_table)
+                                 .where(wf_table.c.id == self._saga_id, wf_table.c.owner == self._token)
+                                 .values(owner=None, lease_expires_at=None))
+            if self._advisory_held and not conn.invalidated:
+                conn.execute(select(func.pg_advisory_unlock(advisory_key(self._saga_id))))
+                conn.commit()
+        except DBAPIError:
+            # The claim dies with the connection: invalidate it rather than pool it.
+            conn.invalidate()
+        finally:
+            self._lease_held = False
+            self._advisory_held = False
+            conn.close()
+
+
+_TERMINAL_VALUES = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
