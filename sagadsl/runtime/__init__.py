@@ -1,0 +1,1 @@
+"""The runtime: driving a saga through its steps and compensations."""
