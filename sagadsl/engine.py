@@ -9,7 +9,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -34,6 +34,9 @@ from .saga import Saga
 from .status import WorkflowStatus
 from .storage.base import NewStep, NewWorkflow, QueryFilter, Storage, StorageSession
 from .storage.sql import SqlStorage
+
+if TYPE_CHECKING:
+    from .worker import WorkerStats
 
 __all__ = ["SagaEngine", "DEFAULT_DATABASE_URL"]
 
@@ -355,11 +358,24 @@ class SagaEngine:
         """
         return self.storage.retry(saga_id, self.clock.now(), MAX_RETRY_COUNT)
 
-    def run_worker(self, **options: Any) -> Any:
-        """Run a recovery worker in this thread until stopped; see :class:`sagadsl.worker.Worker`."""
+    def run_worker(
+        self,
+        *,
+        concurrency: int = 4,
+        poll_interval: float = 1.0,
+        stop_when_idle: bool = False,
+        install_signal_handlers: bool = False,
+    ) -> WorkerStats:
+        """Run a recovery worker in this thread until it is stopped.
+
+        See :class:`sagadsl.worker.Worker` for what it picks up and the options.
+        Saga classes must be imported first, so they are registered.
+        """
         from .worker import Worker
 
-        return Worker(self, **options).run()
+        return Worker(self, concurrency=concurrency, poll_interval=poll_interval,
+                      stop_when_idle=stop_when_idle,
+                      install_signal_handlers=install_signal_handlers).run()
 
     def close(self) -> None:
         """Stop the thread pools and release database connections."""

@@ -154,14 +154,17 @@ class SqlStorage:
     def recoverable(self, now: datetime, limit: int) -> list[str]:
         stmt = (select(wf_table.c.id, wf_table.c.owner, wf_table.c.lease_expires_at)
                 .where(wf_table.c.status.in_([s.value for s in ACTIVE_STATUSES]))
-                .order_by(wf_table.c.updated_at).limit(limit * 4 if not self.advisory else limit))
+                .order_by(wf_table.c.updated_at).limit(limit * 4))
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
+            if self.advisory:
+                held = _held_advisory_keys(conn)
         if self.advisory:
-            return [r.id for r in rows]
-        free = [r.id for r in rows
-                if r.owner is None or (r.lease_expires_at is not None and r.lease_expires_at < now)
-                or owner_is_dead(r.owner)]
+            free = [r.id for r in rows if advisory_key(r.id) not in held]
+        else:
+            free = [r.id for r in rows
+                    if r.owner is None or (r.lease_expires_at is not None and r.lease_expires_at < now)
+                    or owner_is_dead(r.owner)]
         return free[:limit]
 
     # -- operator actions ---------------------------------------------------
@@ -302,6 +305,18 @@ def _load(conn: Connection, saga_id: str) -> WorkflowRecord | None:
     step_rows = conn.execute(select(steps_table).where(steps_table.c.workflow_id == saga_id)
                              .order_by(steps_table.c.position)).mappings().all()
     return _record(row, list(step_rows))
+
+
+def _held_advisory_keys(conn: Connection) -> set[int]:
+    """Advisory lock keys some session holds now (a bigint key is split in two oids)."""
+    rows = conn.exec_driver_sql(
+        "SELECT classid::bigint, objid::bigint FROM pg_locks "
+        "WHERE locktype = 'advisory' AND objsubid = 1 AND granted").all()
+    keys = set()
+    for high, low in rows:
+        unsigned = (int(high) << 32) | int(low)
+        keys.add(unsigned - (1 << 64) if unsigned >= 1 << 63 else unsigned)
+    return keys
 
 
 def _is_disconnect(exc: BaseException) -> bool:
