@@ -1,0 +1,112 @@
+"""Sagas of 3 to 6 steps whose effects land in a ledger table, keyed by idempotency key.
+
+Each step writes its effect idempotently (one row per key, whatever the number
+of executions) and logs every execution, so the checker can tell at-least-once
+execution from exactly-once effects. Failures are planned in the input.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import types
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import psycopg
+
+from sagadsl import CompensationPolicy, RetryPolicy, Saga, compensates, step
+
+LEDGER_SQL = """
+CREATE TABLE IF NOT EXISTS torture_effects (
+    key text NOT NULL, saga_id text NOT NULL, step text NOT NULL, kind text NOT NULL,
+    pid int NOT NULL, at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX IF NOT EXISTS torture_effects_key ON torture_effects (key);
+CREATE TABLE IF NOT EXISTS torture_executions (
+    saga_id text NOT NULL, step text NOT NULL, kind text NOT NULL, pid int NOT NULL,
+    at timestamptz NOT NULL DEFAULT now());
+"""
+
+
+@dataclass
+class Plan:
+    saga_id: str
+    ledger_url: str
+    #: Index of the step that fails (-1: none).
+    fail_step: int = -1
+    #: Index of the step whose compensation always fails (-1: none).
+    fail_compensation: int = -1
+
+
+_local = threading.local()
+DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def _ledger(url: str) -> psycopg.Connection[Any]:
+    conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
+    if conn is None or conn.closed or conn.broken:
+        conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True,
+                               connect_timeout=5)
+        _local.conn = conn
+    return conn
+
+
+def _write(plan: Plan, key: str, step_name: str, kind: str) -> None:
+    try:
+        conn = _ledger(plan.ledger_url)
+        with conn.transaction():
+            conn.execute("INSERT INTO torture_executions (saga_id, step, kind, pid) VALUES (%s, %s, %s, %s)",
+                         (plan.saga_id, step_name, kind, os.getpid()))
+            # The effect is idempotent by key: a second execution with the same key is a no-op.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
+            conn.execute(
+                "INSERT INTO torture_effects (key, saga_id, step, kind, pid) "
+                "SELECT %s, %s, %s, %s, %s WHERE NOT EXISTS (SELECT 1 FROM torture_effects WHERE key = %s)",
+                (key, plan.saga_id, step_name, kind, os.getpid(), key))
+    except DB_ERRORS:
+        _local.conn = None
+        raise
+
+
+def _make_step(index: int) -> Callable[..., Any]:
+    name = f"s{index}"
+
+    def run(self: Any) -> int:
+        time.sleep(random.uniform(0.002, 0.02))  # room for a SIGKILL to land mid-step
+        if self.input.fail_step == index:
+            raise ValueError(f"planned failure of {name}")
+        _write(self.input, self.step_key, name, "do")
+        return index
+
+    run.__name__ = run.__qualname__ = name
+    return step(idempotency_key=f"{{saga_id}}-{name}",
+                retry=RetryPolicy(max_attempts=8, backoff=0.1, max_backoff=1.0, retry_on=DB_ERRORS),
+                compensation=CompensationPolicy(max_attempts=8, backoff=0.05, max_backoff=1.0))(run)
+
+
+def _make_compensation(index: int) -> Callable[..., Any]:
+    name = f"s{index}"
+
+    def undo(self: Any, value: int) -> None:
+        if self.input.fail_compensation == index:
+            raise RuntimeError(f"planned failure of undo_{name}")
+        _write(self.input, f"undo:{self.step_key}", name, "undo")
+
+    undo.__name__ = undo.__qualname__ = f"undo_{name}"
+    return compensates(name)(undo)
+
+
+def _saga_class(steps: int) -> type[Saga[Plan]]:
+    body: dict[str, Any] = {}
+    for i in range(steps):
+        body[f"s{i}"] = _make_step(i)
+        body[f"undo_s{i}"] = _make_compensation(i)
+    body["__module__"] = __name__
+    body["__qualname__"] = f"Torture{steps}"
+    return types.new_class(f"Torture{steps}", (Saga[Plan],), {"name": f"torture.{steps}"},
+                           lambda ns: ns.update(body))
+
+
+SAGAS: dict[int, type[Saga[Plan]]] = {n: _saga_class(n) for n in range(3, 7)}
