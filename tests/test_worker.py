@@ -64,18 +64,21 @@ def test_submitting_again_is_idempotent(engine: SagaEngine, tmp_path: Path) -> N
     assert engine.count() == 1
 
 
-def test_worker_resumes_a_saga_whose_executor_died(engine: SagaEngine, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    original = ThreeSteps.b
-
+def crash_in_step_b(engine: SagaEngine, job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``job`` until its executor "dies" inside step b; the saga stays pending."""
     def dying_b(self: ThreeSteps, a: str) -> str:
         raise Crash()
 
-    monkeypatch.setattr(ThreeSteps, "b", dying_b)
-    with pytest.raises(Crash):
-        engine.run(ThreeSteps, Job("j1", str(tmp_path)), saga_id="j1", idempotency_key="k")
-    monkeypatch.setattr(ThreeSteps, "b", original)
-    assert engine.get("j1").status == "pending"  # type: ignore[union-attr]
+    with monkeypatch.context() as patch:
+        patch.setattr(ThreeSteps, "b", dying_b)
+        with pytest.raises(Crash):
+            engine.run(ThreeSteps, job, saga_id=job.job_id, idempotency_key="k")
+    assert engine.get(job.job_id).status == "pending"  # type: ignore[union-attr]
+
+
+def test_worker_resumes_a_saga_whose_executor_died(engine: SagaEngine, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    crash_in_step_b(engine, Job("j1", str(tmp_path)), monkeypatch)
 
     drain(engine)
 
@@ -147,15 +150,7 @@ def test_stuck_sagas_are_visible_in_queries(engine: SagaEngine, clock: FakeClock
 
 def test_the_deadline_counts_time_spent_dead(engine: SagaEngine, clock: FakeClock, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    original = ThreeSteps.b
-
-    def dying_b(self: ThreeSteps, a: str) -> str:
-        raise Crash()
-
-    monkeypatch.setattr(ThreeSteps, "b", dying_b)
-    with pytest.raises(Crash):
-        engine.run(ThreeSteps, Job("j1", str(tmp_path)), saga_id="j1", idempotency_key="k")
-    monkeypatch.setattr(ThreeSteps, "b", original)
+    crash_in_step_b(engine, Job("j1", str(tmp_path)), monkeypatch)
     clock.advance(timedelta(minutes=16))
 
     drain(engine)
