@@ -25,6 +25,10 @@ class SagaEvent:
         error: The exception, for failure, retry and timeout events.
         attempt: The 1-based attempt of a step or compensation.
         duration: Seconds the step, compensation or saga took.
+        idempotency_key: The step's idempotency key (``self.step_key``), for
+            step and compensation attempt events.
+        resumed: For ``saga_start``: whether this execution resumes a stored
+            saga (after a crash, by a worker, or after a retry from dead letter).
     """
 
     kind: str
@@ -35,6 +39,8 @@ class SagaEvent:
     error: BaseException | None = None
     attempt: int | None = None
     duration: float | None = None
+    idempotency_key: str | None = None
+    resumed: bool | None = None
 
 
 EventHandler = Callable[[SagaEvent], Union[None, Awaitable[None]]]

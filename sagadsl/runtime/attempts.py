@@ -102,7 +102,7 @@ async def call_with_retries(
                     limit, bounded_by_budget = remaining, True
         _step_key.set(key)
         _attempt.set(attempt)
-        await emitter.emit(f"{phase}_start", step, attempt=attempt)
+        await emitter.emit(f"{phase}_start", step, attempt=attempt, idempotency_key=key)
         t0 = time.perf_counter()
         try:
             value = await _invoke(func, kwargs, is_async, limit, pool)
@@ -111,22 +111,23 @@ async def call_with_retries(
             if bounded_by_budget:
                 error = budget.exceeded_error(where) if budget is not None else StepTimeoutError(where)
                 await emitter.emit("step_timeout", step, error=error, attempt=attempt,
-                                   duration=time.perf_counter() - t0)
+                                   duration=time.perf_counter() - t0, idempotency_key=key)
                 return AttemptOutcome(False, None, attempt, started, clock.now(), error)
             error = StepTimeoutError(f"{where} took longer than its timeout of {limit:g}s "
                                      f"(attempt {attempt})")
             await emitter.emit("step_timeout", step, error=error, attempt=attempt,
-                               duration=time.perf_counter() - t0)
+                               duration=time.perf_counter() - t0, idempotency_key=key)
         except SerializationError as exc:
             return AttemptOutcome(False, None, attempt, started, clock.now(), exc)
         except Exception as exc:
             error = exc
         else:
             duration = time.perf_counter() - t0
-            await emitter.emit(f"{phase}_complete", step, result=value, attempt=attempt, duration=duration)
+            await emitter.emit(f"{phase}_complete", step, result=value, attempt=attempt, duration=duration,
+                               idempotency_key=key)
             return AttemptOutcome(True, (value, encoded), attempt, started, clock.now())
         if attempt >= max_attempts or not should_retry(error, attempt):
             return AttemptOutcome(False, None, attempt, started, clock.now(), error)
         if phase == "step":
-            await emitter.emit("step_retry", step, error=error, attempt=attempt)
+            await emitter.emit("step_retry", step, error=error, attempt=attempt, idempotency_key=key)
         await clock.sleep(delay(attempt))
