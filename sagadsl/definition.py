@@ -190,21 +190,25 @@ class SagaDefinition:
         ]
 
     def to_mermaid(self) -> str:
-        """The graph as a Mermaid flowchart, compensations as dotted edges."""
+        """The graph as a Mermaid flowchart, compensations as dotted edges.
+
+        Node ids are prefixed (``step_``, ``undo_``) because Mermaid reserves
+        some words a step may be called, such as ``end``.
+        """
         lines = ["flowchart TD"]
         for s in self.steps:
-            lines.append(f'    {s.name}["{s.name}"]')
+            lines.append(f'    step_{s.name}["{s.name}"]')
             for dep in s.after:
-                lines.append(f"    {dep} --> {s.name}")
+                lines.append(f"    step_{dep} --> step_{s.name}")
             if s.compensation:
-                comp = f"{s.name}__undo"
-                lines.append(f'    {comp}(["{s.compensation.method_name}"])')
-                lines.append(f"    {s.name} -. compensated by .-> {comp}")
+                lines.append(f'    undo_{s.name}(["{s.compensation.method_name}"])')
+                lines.append(f"    step_{s.name} -. compensated by .-> undo_{s.name}")
         return "\n".join(lines)
 
     def to_dot(self) -> str:
         """The graph in Graphviz DOT, compensations as dashed edges."""
-        lines = [f'digraph "{self.name}" {{', "    rankdir=TB;"]
+        quoted = self.name.replace("\\", "\\\\").replace('"', '\\"')
+        lines = [f'digraph "{quoted}" {{', "    rankdir=TB;"]
         for s in self.steps:
             lines.append(f'    "{s.name}" [shape=box];')
             for dep in s.after:
@@ -219,10 +223,10 @@ class SagaDefinition:
         """The graph as indented plain text, one line per step."""
         lines = [f"{self.name} ({self.class_name})"]
         for s in self.steps:
-            after = ", ".join(s.after) if s.after else "(start)"
+            after = f" after {', '.join(s.after)}" if s.after else ""
             undo = f"  undo: {s.compensation.method_name}" if s.compensation else ""
             mode = "async" if s.is_async else "sync"
-            lines.append(f"  {s.position + 1}. {s.name} [{mode}] after {after}{undo}")
+            lines.append(f"  {s.position + 1}. {s.name} [{mode}]{after}{undo}")
         return "\n".join(lines)
 
 
@@ -361,9 +365,9 @@ def build_definition(
     # Compensations.
     comp_for: dict[str, CompensationDefinition] = {}
     comp_owner: dict[str, str] = {}
-    for method_name, func, spec in compensations:
+    for method_name, func, comp_spec in compensations:
         where = f"{cls_name}.{method_name}"
-        target = spec.target
+        target = comp_spec.target
         if target not in step_names:
             problems.append(f"{where}: @compensates({target!r}) names no step of {cls_name}; "
                             f"steps are: {', '.join(step_names) or '(none)'}")

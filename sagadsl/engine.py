@@ -54,6 +54,7 @@ def _definition_of(saga_cls: Any) -> SagaDefinition:
     if not isinstance(saga_cls, type) or not issubclass(saga_cls, Saga) or definition is None:
         raise SagaDefinitionError(f"{saga_cls!r} is not a concrete Saga subclass with steps; "
                                   "pass a class like `class PlaceOrder(Saga[Order])`")
+    assert isinstance(definition, SagaDefinition)
     return definition
 
 
@@ -158,7 +159,7 @@ class SagaEngine:
         finally:
             session.close()
         if record is not None:
-            self._check_same(record, saga_cls, idempotency_key)  # type: ignore[arg-type]
+            self._check_same(record, saga_cls, idempotency_key)
         return record
 
     def resume(self, saga_id: str) -> SagaResult:
@@ -320,10 +321,14 @@ class SagaEngine:
         Args:
             status: One status or several.
             saga_name: Only sagas of this registered name.
-            created_after, created_before, updated_after, updated_before: Time bounds.
+            created_after: Only sagas created at or after this time.
+            created_before: Only sagas created before this time.
+            updated_after: Only sagas last updated at or after this time.
+            updated_before: Only sagas last updated before this time.
             stuck: Only active sagas that have made no progress for longer
                 than their timeouts allow.
-            offset, limit: The page.
+            offset: How many matching sagas to skip.
+            limit: The most sagas to return.
         """
         if limit < 0 or offset < 0:
             raise ValueError("offset and limit must be >= 0")

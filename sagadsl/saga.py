@@ -76,7 +76,7 @@ class SagaMeta(type):
         steps, compensations = _collect(cls, cls_name)
         if not steps:
             if abstract:
-                cls.definition = None  # type: ignore[assignment]
+                setattr(cls, "definition", None)
                 return cls
             raise SagaDefinitionError(
                 f"{cls_name}: defines no @step methods; add at least one, or declare a base class "
@@ -85,8 +85,8 @@ class SagaMeta(type):
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise SagaDefinitionError(f"{cls_name}: name= must be a non-empty string, got {name!r}")
         saga_name = name or f"{cls.__module__}:{cls.__qualname__}"
-        cls.definition = build_definition(cls_name, saga_name, input_type, steps, compensations, cls)
-        cls.saga_name = saga_name
+        setattr(cls, "definition", build_definition(cls_name, saga_name, input_type, steps, compensations, cls))
+        setattr(cls, "saga_name", saga_name)
         register(saga_name, cls)  # type: ignore[arg-type]
         return cls
 

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import (
     CompensationFailedError,
@@ -210,7 +210,7 @@ class Worker:
         logger.error("cannot resume saga %s: %s (next look in %.0fs)", saga_id, exc, backoff,
                      extra={"saga_id": saga_id})
 
-    def _install_handlers(self) -> dict[int, object]:
+    def _install_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
 
@@ -218,7 +218,7 @@ class Worker:
             logger.info("worker received %s; finishing running sagas", signal.Signals(signum).name)
             self.stop()
 
-        previous: dict[int, object] = {}
+        previous: dict[int, Any] = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.getsignal(sig)
             signal.signal(sig, handle)

@@ -77,7 +77,7 @@ class SagaExecutor:
         clock: Clock,
         pool: Executor,
         emitter: EventEmitter,
-        db: Callable[[Callable[[], T]], Awaitable[T]],
+        db: Callable[[Callable[[], Any]], Awaitable[Any]],
     ) -> None:
         self.saga = saga
         self.definition = definition
@@ -135,7 +135,9 @@ class SagaExecutor:
 
     async def execute(self, resumed: bool) -> SagaResult:
         """Drive the saga to a terminal status and return or raise its outcome."""
-        await self.emitter.emit("saga_start", attempt=None)
+        await self.emitter.emit("saga_start", resumed=resumed)
+        logger.debug("saga %s %s", self.saga_id, "resumed" if resumed else "started",
+                     extra={"saga_id": self.saga_id, "step": None})
         if resumed:
             for name, status in self.status.items():
                 if status == StepStatus.COMPLETED and not self.backward:
@@ -144,6 +146,7 @@ class SagaExecutor:
             failure = await self._forward()
             if failure is None:
                 await self.emitter.emit("saga_complete", result=dict(self.results))
+                logger.debug("saga %s completed", self.saga_id, extra={"saga_id": self.saga_id, "step": None})
                 return SagaResult(self.saga_id, WorkflowStatus.COMPLETED, dict(self.results))
             self.error_step = failure.step
             self.error_text = describe_exception(failure.error)
@@ -153,6 +156,8 @@ class SagaExecutor:
         comp_error, comp_cause = await self._backward()
         if comp_error is None:
             await self.emitter.emit("saga_failed", self.error_step, error=cause)
+            logger.info("saga %s failed at step %s; every completed step was compensated", self.saga_id,
+                        self.error_step, extra={"saga_id": self.saga_id, "step": self.error_step})
             raise SagaFailedError(
                 f"saga {self.saga_id!r} ({self.definition.name}) failed at step {self.error_step!r}: "
                 f"{self.error_text}; every completed step was compensated",
@@ -187,7 +192,8 @@ class SagaExecutor:
             while True:
                 if failure is None:
                     for s in self._ready({r.name for r in running.values()}):
-                        if (self.budget.remaining(self.clock) or 1) <= 0:
+                        remaining = self.budget.remaining(self.clock)
+                        if remaining is not None and remaining <= 0:
                             failure = _Failure(s.name, self.budget.exceeded_error(f"step {s.name!r}"))
                             await self._record_failure(failure, attempts=0, running=bool(running))
                             break
@@ -203,7 +209,7 @@ class SagaExecutor:
                     else:
                         assert outcome.error is not None
                         await self.emitter.emit("step_failed", s.name, error=outcome.error,
-                                                attempt=outcome.attempts)
+                                                attempt=outcome.attempts, idempotency_key=self.keys[s.name])
                         if failure is None:
                             failure = _Failure(s.name, outcome.error)
                             await self._record_failure(failure, attempts=outcome.attempts,
@@ -211,6 +217,9 @@ class SagaExecutor:
                         else:
                             await self._write({}, {s.name: self._failed_step_values(outcome)})
                             self.status[s.name] = StepStatus.FAILED
+                            logger.info("saga %s step %s failed: %s", self.saga_id, s.name,
+                                        describe_exception(outcome.error),
+                                        extra={"saga_id": self.saga_id, "step": s.name})
         finally:
             for task in running:
                 task.cancel()
@@ -332,7 +341,7 @@ class SagaExecutor:
                         step_values = {"status": StepStatus.COMPENSATION_FAILED.value,
                                        "compensation_error": text}
                         await self.emitter.emit("compensation_failed", name, error=outcome.error,
-                                                attempt=outcome.attempts)
+                                                attempt=outcome.attempts, idempotency_key=self.keys[name])
                         if first_error is None:
                             first_error = truncate_error(f"{comp.method_name} (compensating {name}): {text}")
                             first_cause = outcome.error
@@ -341,6 +350,13 @@ class SagaExecutor:
                         final = WorkflowStatus.DEAD_LETTER if failed_any else WorkflowStatus.FAILED
                         workflow.update(status=final.value, stuck_after=None)
                     await self._write(workflow, {name: step_values})
+                    if outcome.ok:
+                        logger.debug("saga %s step %s compensated", self.saga_id, name,
+                                     extra={"saga_id": self.saga_id, "step": name})
+                    else:
+                        logger.warning("saga %s step %s could not be compensated: %s", self.saga_id, name,
+                                       step_values["compensation_error"],
+                                       extra={"saga_id": self.saga_id, "step": name})
         finally:
             for task in running:
                 task.cancel()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, DateTime, ForeignKeyConstraint, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKeyConstraint, Index, Integer, MetaData, String, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -124,5 +124,5 @@ class StepRow(Base):
     )
 
 
-workflows = WorkflowRow.__table__
-steps = StepRow.__table__
+workflows: Table = WorkflowRow.__table__  # type: ignore[assignment]
+steps: Table = StepRow.__table__  # type: ignore[assignment]
