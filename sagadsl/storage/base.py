@@ -138,7 +138,9 @@ class Storage(Protocol):
         The cap is enforced in the same atomic update that moves the saga.
 
         Raises:
-            SagaNotFoundError, InvalidStateError, RetryCapExceededError
+            SagaNotFoundError: no saga has this id.
+            InvalidStateError: the saga is not in dead letter.
+            RetryCapExceededError: it was already retried ``max_retries`` times.
         """
         ...
 
