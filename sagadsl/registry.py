@@ -31,7 +31,7 @@ def register(name: str, cls: type[Saga[object]]) -> None:
         existing = _by_name.get(name)
         if existing is not None and existing is not cls and _origin(existing) != _origin(cls):
             raise SagaDefinitionError(
-                f"{cls.__qualname__}: the saga name {name!r} is already registered by "
+                f"{cls.__name__}: the saga name {name!r} is already registered by "
                 f"{_origin(existing)}; pass another name: class {cls.__name__}(Saga[...], name=\"...\")"
             )
         _by_name[name] = cls

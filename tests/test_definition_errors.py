@@ -1,0 +1,354 @@
+"""Every mistake in a saga class statement fails at class creation (DESIGN §1).
+
+Each test writes the faulty class statement inside ``pytest.raises`` and
+asserts the exact message: it names ``Class.method``, says what is wrong and
+how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from sagadsl import Saga, SagaDefinitionError, compensates, step
+
+
+@dataclass
+class Order:
+    order_id: str
+    cents: int
+
+
+def raised(info: pytest.ExceptionInfo[SagaDefinitionError]) -> str:
+    assert info.value.code == "DEFINITION_ERROR"
+    return str(info.value)
+
+
+def test_compensation_for_an_unknown_step() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> None: ...
+
+            @compensates("resrve")
+            def release(self) -> None: ...
+
+    assert raised(info) == "Bad.release: @compensates('resrve') names no step of Bad; steps are: reserve"
+
+
+def test_two_compensations_for_one_step() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> None: ...
+
+            @compensates(reserve)
+            def release(self) -> None: ...
+
+            @compensates("reserve")
+            def release_again(self) -> None: ...
+
+    assert raised(info) == ("Bad.release_again: step 'reserve' already has the compensation "
+                            "Bad.release; a step has at most one, so merge them")
+
+
+def test_missing_step_idempotency_key() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step()
+            def reserve(self) -> None: ...
+
+    assert raised(info) == (
+        'Bad.reserve: @step needs an idempotency_key, e.g. @step(idempotency_key="reserve-{order_id}"); '
+        "it is passed to downstream services so a retried step has its effect once")
+
+
+@pytest.mark.parametrize("key", ["", "   "])
+def test_empty_step_idempotency_key(key: str) -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key=key)
+            def reserve(self) -> None: ...
+
+    assert raised(info) == (
+        f"Bad.reserve: idempotency_key must be a non-empty template or a callable, got {key!r}")
+
+
+def test_template_field_the_input_type_lacks() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order}-{sku}")
+            def reserve(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad.reserve: idempotency_key 'reserve-{order}-{sku}' uses 'order', 'sku', which the input "
+        "type Order does not have; use one of: cents, order_id, saga_id")
+
+
+def test_template_that_is_not_a_format_string() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id")
+            def reserve(self) -> None: ...
+
+    assert raised(info) == ("Bad.reserve: idempotency_key 'reserve-{order_id' is not a valid format "
+                            "template (expected '}' before end of string)")
+
+
+def test_parameter_that_names_no_step() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> str: return ""
+
+            @step(idempotency_key="charge-{order_id}")
+            def charge(self, reservation: str) -> None: ...
+
+    assert raised(info) == (
+        "Bad.charge: parameter 'reservation' names no step; a step's parameters receive the results "
+        "of earlier steps, by name (reserve, charge)")
+
+
+def test_parameter_naming_a_later_step() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self, charge: int) -> None: ...
+
+            @step(idempotency_key="charge-{order_id}")
+            def charge(self) -> int: return 0
+
+    assert raised(info) == (
+        "Bad.reserve: parameter 'charge' names a step that reserve does not depend on; "
+        "add it to after= or remove the parameter")
+
+
+def test_parameter_naming_a_step_that_is_not_a_dependency() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> str: return ""
+
+            @step(idempotency_key="charge-{order_id}", after=())
+            def charge(self, reserve: str) -> None: ...
+
+    assert raised(info) == (
+        "Bad.charge: parameter 'reserve' names a step that charge does not depend on; "
+        "add it to after= or remove the parameter")
+
+
+def test_variadic_parameters() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self, **results: Any) -> None: ...
+
+    assert raised(info) == ("Bad.reserve: *results / **results are not allowed; name each earlier "
+                            "step whose result the step needs")
+
+
+def test_compensation_parameter_that_is_neither_result_nor_dependency() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> str: return ""
+
+            @step(idempotency_key="charge-{order_id}")
+            def charge(self) -> str: return ""
+
+            @compensates(reserve)
+            def release(self, reservation: str, charge: str) -> None: ...
+
+    assert raised(info) == (
+        "Bad.release: parameter 'charge' is neither the first parameter (which receives reserve's "
+        "result) nor a step that reserve depends on")
+
+
+def test_step_defined_twice() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> None: ...
+
+            @step(idempotency_key="reserve-again-{order_id}")  # type: ignore[no-redef]
+            def reserve(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad.reserve: defined twice in the class body; the second definition would silently replace "
+        "the first. Give each step and compensation its own name")
+
+
+def test_dependency_cycle() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="a-{order_id}", after="c")
+            def a(self) -> None: ...
+
+            @step(idempotency_key="b-{order_id}", after="a")
+            def b(self) -> None: ...
+
+            @step(idempotency_key="c-{order_id}", after="b")
+            def c(self) -> None: ...
+
+    assert raised(info) == ("Bad: the steps a -> b -> c -> a depend on each other in a cycle; "
+                            "remove one of these after= dependencies")
+
+
+def test_step_after_itself() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="a-{order_id}", after="a")
+            def a(self) -> None: ...
+
+    assert raised(info) == "Bad.a: a step cannot run after itself; remove 'a' from after="
+
+
+def test_after_names_an_unknown_step() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="a-{order_id}")
+            def a(self) -> None: ...
+
+            @step(idempotency_key="b-{order_id}", after="x")
+            def b(self) -> None: ...
+
+    assert raised(info) == "Bad.b: after= names 'x', which is no step of Bad; steps are: a, b"
+
+
+def test_step_without_parentheses() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step
+            def reserve(self) -> None: ...  # type: ignore[misc]
+
+    assert raised(info) == ('Bad.reserve: @step must be called with an idempotency key, e.g. '
+                            '@step(idempotency_key="reserve-{order_id}")')
+
+
+def test_compensates_without_parentheses() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> None: ...
+
+            @compensates
+            def release(self) -> None: ...  # type: ignore[misc]
+
+    assert raised(info) == ('Bad.release: @compensates must be called with the step it undoes, '
+                            'e.g. @compensates("reserve") or @compensates(reserve)')
+
+
+def test_saga_name_already_registered_by_another_class() -> None:
+    class First(Saga[Order], name="tests.definition_errors.taken"):
+        @step(idempotency_key="a-{order_id}")
+        def a(self) -> None: ...
+
+    with pytest.raises(SagaDefinitionError) as info:
+        class Second(Saga[Order], name="tests.definition_errors.taken"):
+            @step(idempotency_key="a-{order_id}")
+            def a(self) -> None: ...
+
+    assert raised(info) == (
+        "Second: the saga name 'tests.definition_errors.taken' is already registered by "
+        f"{__name__}:test_saga_name_already_registered_by_another_class.<locals>.First; "
+        'pass another name: class Second(Saga[...], name="...")')
+
+
+def test_saga_without_steps() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            def helper(self) -> None: ...
+
+    assert raised(info) == ("Bad: defines no @step methods; add at least one, or declare a base "
+                            "class with class Bad(Saga[...], abstract=True)")
+
+
+def test_step_with_a_reserved_name() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="input-{order_id}")
+            def input(self) -> None: ...  # type: ignore[override]
+
+    assert raised(info) == ("Bad.input: a step cannot be called 'input' because the saga instance "
+                            "uses that name (self.input); rename the step")
+
+
+def test_method_that_is_both_step_and_compensation() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="a-{order_id}")
+            def a(self) -> None: ...
+
+            @compensates("a")
+            @step(idempotency_key="b-{order_id}")
+            def b(self) -> None: ...
+
+    assert raised(info) == ("Bad.b: a method cannot be both @step and @compensates; write the "
+                            "compensation as its own method")
+
+
+def test_override_of_a_step_without_step_decorator() -> None:
+    class Base(Saga[Order], abstract=True):
+        @step(idempotency_key="a-{order_id}")
+        def a(self) -> None: ...
+
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Base):
+            def a(self) -> None: ...
+
+    assert raised(info) == ("Bad.a: overrides the step Base.a without @step; decorate the override "
+                            "with @step(idempotency_key=...)")
+
+
+def test_every_problem_is_reported_together_in_declaration_order() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="")
+            def a(self) -> None: ...
+
+            @step(idempotency_key="b-{order_id}")
+            def b(self, nothing: int) -> None: ...
+
+            @compensates("zzz")
+            def undo(self) -> None: ...
+
+    assert raised(info).splitlines() == [
+        "Bad.a: idempotency_key must be a non-empty template or a callable, got ''",
+        "Bad.b: parameter 'nothing' names no step; a step's parameters receive the results of "
+        "earlier steps, by name (a, b)",
+        "Bad.undo: @compensates('zzz') names no step of Bad; steps are: a, b",
+    ]
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, True, "5"])
+def test_step_timeout_must_be_positive_seconds(timeout: Any) -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        step(idempotency_key="a", timeout=timeout)
+
+    assert raised(info) == f"@step: timeout must be a number of seconds > 0, got {timeout!r}"
+
+
+def test_a_valid_class_builds_its_definition() -> None:
+    class Good(Saga[Order], name="tests.definition_errors.good"):
+        @step(idempotency_key="reserve-{order_id}")
+        def reserve(self) -> str: return ""
+
+        @compensates(reserve)
+        def release(self, reservation: str) -> None: ...
+
+        @step(idempotency_key=lambda saga: f"charge-{saga.saga_id}")
+        async def charge(self, reserve: str) -> int: return 0
+
+    definition = Good.definition
+    assert definition.name == "tests.definition_errors.good"
+    assert definition.step_names == ("reserve", "charge")
+    assert [s.after for s in definition.steps] == [(), ("reserve",)]
+    assert [s.is_async for s in definition.steps] == [False, True]
+    assert definition.step("charge").params == ("reserve",)
+    compensation = definition.step("reserve").compensation
+    assert compensation is not None
+    assert (compensation.method_name, compensation.result_param) == ("release", "reservation")
+    assert definition.step("charge").compensation is None
+    assert len(definition.fingerprint) == 64
