@@ -60,7 +60,7 @@ class StepDefinition:
         where = f"{_owner_name(self.owner)}.{self.name}"
         spec = self.idempotency_key
         try:
-            key = spec(saga) if callable(spec) else spec.format_map(_TemplateFields(saga))
+            key = spec(saga) if callable(spec) else spec.format_map(_TemplateFields(saga, where, spec))
         except (KeyError, AttributeError, IndexError) as exc:
             raise IdempotencyRequiredError(
                 f"{where}: the idempotency key {spec!r} cannot be rendered from the input "
@@ -80,21 +80,38 @@ class StepDefinition:
 
 
 class _TemplateFields(Mapping[str, Any]):
-    """Input fields (attributes or keys) and ``saga_id``, for key templates."""
+    """Input fields (attributes or keys) and ``saga_id``, for key templates.
 
-    def __init__(self, saga: Any) -> None:
+    A field that is None or empty is refused: ``"refund-{payment_id}"`` with
+    no payment id would give many sagas the same key downstream.
+    """
+
+    def __init__(self, saga: Any, where: str, template: str) -> None:
         self._saga = saga
+        self._where = where
+        self._template = template
 
     def __getitem__(self, name: str) -> Any:
+        from .errors import IdempotencyRequiredError
+
         if name == "saga_id":
             return self._saga.saga_id
         value = self._saga.input
         if isinstance(value, Mapping):
-            return value[name]
-        try:
-            return getattr(value, name)
-        except AttributeError:
-            raise KeyError(name) from None
+            field_value = value[name]
+        else:
+            try:
+                field_value = getattr(value, name)
+            except AttributeError:
+                raise KeyError(name) from None
+        if field_value is None or (isinstance(field_value, str) and not field_value.strip()):
+            raise IdempotencyRequiredError(
+                f"{self._where}: the idempotency key {self._template!r} uses the input field {name!r}, "
+                f"which is {field_value!r}; a key part that is empty would let different sagas share "
+                "a key, so give the field a value or key on another field",
+                saga_id=self._saga.saga_id,
+            )
+        return field_value
 
     def __iter__(self) -> Any:
         return iter(())

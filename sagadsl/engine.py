@@ -120,7 +120,8 @@ class SagaEngine:
         """Run a saga to its end in this thread and return its result.
 
         Creates the saga, or resumes it if ``saga_id`` exists and is not
-        finished; a finished saga is not run again.
+        finished; a finished saga is not run again. A saga that exists runs
+        on its stored input: ``input`` is only used to create it.
 
         Returns:
             The completed saga's status and typed step results.

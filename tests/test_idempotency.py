@@ -86,11 +86,14 @@ def test_submit_also_requires_the_keys(engine: SagaEngine) -> None:
     assert_nothing_written(engine, "p1")
 
 
-def test_step_key_template_rendering_empty_is_refused_before_writing(engine: SagaEngine) -> None:
+def test_step_key_template_with_an_empty_field_is_refused_before_writing(engine: SagaEngine) -> None:
     with pytest.raises(IdempotencyRequiredError) as info:
         engine.run(Refund, Payment("", 100), saga_id="p1", idempotency_key="k1")
 
-    assert str(info.value) == "Refund.refund: the idempotency key rendered as ''; it must be a non-empty string"
+    assert str(info.value) == (
+        "Refund.refund: the idempotency key '{payment_id}' uses the input field 'payment_id', which is ''; "
+        "a key part that is empty would let different sagas share a key, so give the field a value or "
+        "key on another field")
     assert_nothing_written(engine, "p1")
 
 
@@ -206,3 +209,4 @@ def test_step_result_that_cannot_be_encoded_fails_the_step_and_compensates(engin
         "SerializationError: result of Unencodable.b (saga 'p1')['lock'] is a builtins.object, which "
         "has no JSON form; return a dataclass, pydantic model, TypedDict, Enum, datetime, UUID, "
         "Decimal, primitive, or a list/dict of those")
+
