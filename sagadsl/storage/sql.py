@@ -7,18 +7,20 @@ an executor that lost its claim cannot overwrite a newer state.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 from datetime import datetime, timedelta
 from typing import Any, Callable, Sequence, TypeVar
 
-from sqlalchemy import and_, delete, event, func, insert, or_, select, update
+from sqlalchemy import (BigInteger, Integer, Text, and_, bindparam, delete, event, func, insert, literal, or_,
+                        select, true, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy import create_engine
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Executable, Select
 
 from ..errors import (
     InvalidStateError,
@@ -34,9 +36,9 @@ from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
 from .base import Change, NewWorkflow, QueryFilter
 from .models import steps as steps_table
 from .models import workflows as wf_table
-from .schema import check_schema, migrate
+from .schema import check_schema, migrate, validate_schema_name
 
-__all__ = ["SqlStorage", "SqlSession", "mask_url"]
+__all__ = ["SqlStorage", "SqlSession", "mask_url", "advisory_lock_key"]
 
 logger = logging.getLogger("sagadsl.storage")
 
@@ -44,7 +46,6 @@ logger = logging.getLogger("sagadsl.storage")
 #: renewed by every commit, and no step may run longer than the saga's budget.
 LEASE_DURATION = MAX_EXECUTION_DURATION + timedelta(minutes=1)
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 T = TypeVar("T")
 
 
@@ -83,10 +84,7 @@ class SqlStorage:
         pool_size: int = 10,
         reconnect_timeout: float = 30.0,
     ) -> None:
-        if schema is not None and not _IDENTIFIER.match(schema):
-            raise ValueError(f"schema {schema!r} is not a valid SQL identifier "
-                             "(letters, digits and _, not starting with a digit, at most 63 characters)")
-        self.schema = schema
+        self.schema = validate_schema_name(schema)
         self.reconnect_timeout = reconnect_timeout
         if isinstance(url_or_engine, Engine):
             engine = url_or_engine
@@ -100,7 +98,12 @@ class SqlStorage:
         self.url = mask_url(engine.url)
         if auto_migrate is None:
             auto_migrate = self.dialect == "sqlite"
-        self._ensure_schema(auto_migrate)
+        try:
+            self._ensure_schema(auto_migrate)
+        except BaseException:
+            if not isinstance(url_or_engine, Engine):
+                engine.dispose()
+            raise
 
     def _ensure_schema(self, auto_migrate: bool) -> None:
         from ..errors import SchemaOutOfDateError
@@ -151,6 +154,10 @@ class SqlStorage:
             counts = {WorkflowStatus(status): int(n) for status, n in conn.execute(stmt)}
         return {status: counts.get(status, 0) for status in WorkflowStatus}
 
+    def lock_key(self, saga_id: str) -> int:
+        """The PostgreSQL advisory lock key that claims ``saga_id`` in this storage."""
+        return advisory_lock_key(saga_id, self.schema)
+
     def recoverable(self, now: datetime, limit: int) -> list[str]:
         stmt = (select(wf_table.c.id, wf_table.c.owner, wf_table.c.lease_expires_at)
                 .where(wf_table.c.status.in_([s.value for s in ACTIVE_STATUSES]))
@@ -160,7 +167,7 @@ class SqlStorage:
             if self.advisory:
                 held = _held_advisory_keys(conn)
         if self.advisory:
-            free = [r.id for r in rows if advisory_key(r.id) not in held]
+            free = [r.id for r in rows if self.lock_key(r.id) not in held]
         else:
             free = [r.id for r in rows
                     if r.owner is None or (r.lease_expires_at is not None and r.lease_expires_at < now)
@@ -237,12 +244,68 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _dialect_insert(dialect: str) -> Any:
-    if dialect == "postgresql":
-        return postgresql.insert
-    if dialect == "sqlite":
-        return sqlite.insert
-    return None
+# Hot-path statements are built once: re-executing the same statement object
+# reuses its memoized cache key and SQLAlchemy's compiled form, where building
+# it per write cost more CPU than the database round trip. UPDATEs take their
+# SET columns from each execution's parameters; the WHERE bind names are
+# prefixed so they cannot collide with column names.
+_UPDATE_WORKFLOW = update(wf_table).where(wf_table.c.id == bindparam("w_id"),
+                                          wf_table.c.version == bindparam("w_expected"))
+_UPDATE_STEP = update(steps_table).where(steps_table.c.workflow_id == bindparam("s_workflow_id"),
+                                         steps_table.c.name == bindparam("s_name"))
+_INSERT_STEPS = insert(steps_table)
+_TRY_ADVISORY_LOCK = select(func.pg_try_advisory_lock(bindparam("key", type_=BigInteger)))
+_ADVISORY_UNLOCK = select(func.pg_advisory_unlock(bindparam("key", type_=BigInteger)))
+
+
+@functools.lru_cache(maxsize=64)
+def _update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: tuple[str, ...]) -> Executable:
+    """One PostgreSQL statement that updates the saga row and one of its step rows.
+
+    The saga row's UPDATE is a data-modifying CTE fenced by ``version``; the
+    step row is joined to what it returned, so the statement's rowcount is 1
+    only if the fence held. One round trip instead of two per step commit.
+    """
+    fenced = (update(wf_table)
+              .where(wf_table.c.id == bindparam("w_id"), wf_table.c.version == bindparam("w_expected"))
+              .values({c: bindparam(f"w_{c}", type_=wf_table.c[c].type) for c in workflow_columns})
+              .returning(wf_table.c.id)
+              .cte("fenced"))
+    return (update(steps_table)
+            .where(steps_table.c.workflow_id == fenced.c.id, steps_table.c.name == bindparam("s_name"))
+            .values({c: bindparam(f"s_{c}", type_=steps_table.c[c].type) for c in step_columns}))
+
+
+@functools.lru_cache(maxsize=8)
+def _create_saga_postgresql(workflow_columns: tuple[str, ...]) -> Executable:
+    """One PostgreSQL statement that inserts a saga row and its pending step rows.
+
+    The saga row's INSERT ... ON CONFLICT DO NOTHING is a CTE; the step rows
+    (passed as arrays) are inserted only for the row it returned, so the
+    statement returns rows if the saga was created and none if its id
+    already existed. One round trip for the saga's first commit.
+    """
+    created = (postgresql.insert(wf_table)
+               .values({c: bindparam(f"w_{c}", type_=wf_table.c[c].type) for c in workflow_columns})
+               .on_conflict_do_nothing(index_elements=["id"])
+               .returning(wf_table.c.id)
+               .cte("created"))
+    new_steps = func.unnest(bindparam("names", type_=postgresql.ARRAY(Text)),
+                            bindparam("positions", type_=postgresql.ARRAY(Integer)),
+                            bindparam("keys", type_=postgresql.ARRAY(Text))
+                            ).table_valued("name", "position", "idempotency_key").render_derived("new_steps")
+    rows = (select(created.c.id, new_steps.c.name, new_steps.c.position, new_steps.c.idempotency_key,
+                   literal(StepStatus.PENDING.value), literal(0))
+            .select_from(created.join(new_steps, true())))
+    return (insert(steps_table)
+            .from_select(["workflow_id", "name", "position", "idempotency_key", "status", "attempts"], rows)
+            .returning(steps_table.c.workflow_id))
+
+
+_INSERT_WORKFLOW = {
+    dialect: make(wf_table).on_conflict_do_nothing(index_elements=["id"]).returning(wf_table.c.id)
+    for dialect, make in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
 
 
 def _conditions(flt: QueryFilter) -> list[Any]:
@@ -307,6 +370,15 @@ def _load(conn: Connection, saga_id: str) -> WorkflowRecord | None:
     return _record(row, list(step_rows))
 
 
+def advisory_lock_key(saga_id: str, schema: str | None) -> int:
+    """The advisory lock key of ``saga_id`` in ``schema``.
+
+    Advisory locks are per database, so sagas with the same id in two schemas
+    of one database (tenants, test runs) must not claim the same key.
+    """
+    return advisory_key(f"{schema}.{saga_id}" if schema else saga_id)
+
+
 def _held_advisory_keys(conn: Connection) -> set[int]:
     """Advisory lock keys some session holds now (a bigint key is split in two oids)."""
     rows = conn.exec_driver_sql(
@@ -334,7 +406,8 @@ class SqlSession:
         self._advisory_held = False
         self._lease_held = False
         self._version = 0
-        self._insert = _dialect_insert(storage.dialect)
+        self._insert_workflow = _INSERT_WORKFLOW.get(storage.dialect)
+        self._lock_key = storage.lock_key(saga_id)
 
     # -- connection ---------------------------------------------------------
 
@@ -346,7 +419,7 @@ class SqlSession:
         return self._conn
 
     def _try_advisory(self, conn: Connection) -> bool:
-        got = conn.execute(select(func.pg_try_advisory_lock(advisory_key(self._saga_id)))).scalar_one()
+        got = conn.execute(_TRY_ADVISORY_LOCK, {"key": self._lock_key}).scalar_one()
         return bool(got)
 
     def _locked(self, holder: str | None = None) -> SagaLockedError:
@@ -387,18 +460,20 @@ class SqlSession:
             stuck_after=new.stuck_after, owner=self._token if lease else None,
             lease_expires_at=new.now + LEASE_DURATION if lease else None,
         )
-        if self._insert is not None:
-            inserted = conn.execute(self._insert(wf_table).values(**values)
-                                    .on_conflict_do_nothing(index_elements=["id"])
-                                    .returning(wf_table.c.id)).scalar_one_or_none()
-            if inserted is None:
+        if self._storage.dialect == "postgresql" and new.steps:
+            params = {f"w_{c}": v for c, v in values.items()}
+            params.update(names=[s.name for s in new.steps], positions=[s.position for s in new.steps],
+                          keys=[s.idempotency_key for s in new.steps])
+            return conn.execute(_create_saga_postgresql(tuple(values)), params).first() is not None
+        if self._insert_workflow is not None:
+            if conn.execute(self._insert_workflow, values).scalar_one_or_none() is None:
                 return False
         else:  # a dialect without ON CONFLICT: read first
             if conn.execute(select(wf_table.c.id).where(wf_table.c.id == new.id)).first():
                 return False
-            conn.execute(insert(wf_table).values(**values))
+            conn.execute(insert(wf_table), values)
         if new.steps:
-            conn.execute(insert(steps_table), [
+            conn.execute(_INSERT_STEPS, [
                 dict(workflow_id=new.id, name=s.name, position=s.position, idempotency_key=s.idempotency_key,
                      status=StepStatus.PENDING.value, attempts=0)
                 for s in new.steps
@@ -469,8 +544,7 @@ class SqlSession:
         return False
 
     def _write_once(self, conn: Connection, change: Change, expected: int) -> None:
-        values = dict(change.workflow)
-        values["version"] = expected + 1
+        values = dict(change.workflow, version=expected + 1)
         if self._lease_held:
             if values.get("status") in _TERMINAL_VALUES:
                 values["owner"] = None
@@ -478,17 +552,25 @@ class SqlSession:
             else:
                 values["lease_expires_at"] = values["updated_at"] + LEASE_DURATION
         with conn.begin():
-            result = conn.execute(update(wf_table)
-                                  .where(wf_table.c.id == self._saga_id, wf_table.c.version == expected)
-                                  .values(**values))
+            if (self._storage.dialect == "postgresql" and len(change.steps) == 1
+                    and not change.new_steps and not change.removed_steps):
+                # The common step commit. Its step row exists: every step row
+                # is inserted with the saga (or by the change that adds it).
+                ((name, step_values),) = change.steps.items()
+                params = {f"w_{c}": v for c, v in values.items()}
+                params.update({f"s_{c}": v for c, v in step_values.items()})
+                params.update(w_id=self._saga_id, w_expected=expected, s_name=name)
+                stmt = _update_workflow_and_step(tuple(values), tuple(step_values))
+                if conn.execute(stmt, params).rowcount != 1:
+                    raise self._locked("its stored state moved on; this executor stops")
+                return
+            result = conn.execute(_UPDATE_WORKFLOW, dict(values, w_id=self._saga_id, w_expected=expected))
             if result.rowcount != 1:
                 raise self._locked("its stored state moved on; this executor stops")
             for name, step_values in change.steps.items():
-                conn.execute(update(steps_table)
-                             .where(steps_table.c.workflow_id == self._saga_id, steps_table.c.name == name)
-                             .values(**step_values))
+                conn.execute(_UPDATE_STEP, dict(step_values, s_workflow_id=self._saga_id, s_name=name))
             if change.new_steps:
-                conn.execute(insert(steps_table), [
+                conn.execute(_INSERT_STEPS, [
                     dict(workflow_id=self._saga_id, name=s.name, position=s.position,
                          idempotency_key=s.idempotency_key, status=StepStatus.PENDING.value, attempts=0)
                     for s in change.new_steps
@@ -509,8 +591,13 @@ class SqlSession:
                                  .where(wf_table.c.id == self._saga_id, wf_table.c.owner == self._token)
                                  .values(owner=None, lease_expires_at=None))
             if self._advisory_held and not conn.invalidated:
-                conn.execute(select(func.pg_advisory_unlock(advisory_key(self._saga_id))))
-                conn.commit()
+                # A session lock is not transactional: release it outside any
+                # transaction, one round trip instead of BEGIN, unlock and
+                # ROLLBACK. The pool restores the isolation level on check-in.
+                if conn.in_transaction():
+                    conn.rollback()
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                conn.execute(_ADVISORY_UNLOCK, {"key": self._lock_key})
         except DBAPIError:
             # The claim dies with the connection: invalidate it rather than pool it.
             conn.invalidate()

@@ -1,0 +1,208 @@
+"""One executor per saga on PostgreSQL, across processes and threads (DESIGN §2.6)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from sagadsl import Saga, SagaEngine, SagaLockedError, SqlStorage, WorkflowStatus, step
+from sagadsl import migrate as sagadsl_migrate
+from sagadsl.storage.sql import advisory_lock_key
+from tests import pg_sagas
+
+pytestmark = pytest.mark.postgres
+
+PROCESSES = 4
+SAGAS = 50
+
+
+@pytest.fixture
+def installed(pg_schema: tuple[str, str]) -> Iterator[tuple[str, str]]:
+    """``(url, schema)`` with sagadsl's tables and the ledger installed."""
+    url, schema = pg_schema
+    SqlStorage(url, schema=schema, auto_migrate=True).close()
+    pg_sagas.create_ledger(url, schema)
+    yield url, schema
+
+
+class TestFourProcessesDrivingTheSameSagas:
+    def test_every_step_runs_once_and_every_other_attempt_is_refused_or_answered(
+            self, installed: tuple[str, str]) -> None:
+        url, schema = installed
+        ids = [f"s-{i:02d}" for i in range(SAGAS)]
+        failing = {i for i in ids if int(i[2:]) % 5 == 0}
+        ctx = multiprocessing.get_context("spawn")
+        start = ctx.Barrier(PROCESSES)
+        results = ctx.Queue()
+        # Two workers walk the ids forwards and two backwards, so that they
+        # collide both on a saga being started and on one being finished.
+        orders = [ids, ids, ids[::-1], ids[::-1]]
+        workers = [ctx.Process(target=pg_sagas.contend, args=(url, schema, order, failing, start, results, n))
+                   for n, order in enumerate(orders)]
+        for w in workers:
+            w.start()
+        try:
+            reports = [results.get(timeout=120) for _ in workers]
+        finally:
+            for w in workers:
+                w.join(30)
+                if w.is_alive():
+                    w.kill()
+        assert [w.exitcode for w in workers] == [0] * PROCESSES
+
+        attempts = [(saga_id, outcome) for _, _, outcomes in reports for saga_id, outcome in outcomes]
+        assert len(attempts) == PROCESSES * SAGAS
+        unexpected = [a for a in attempts if a[1].startswith("unexpected")]
+        assert unexpected == []
+
+        # Each step (and each compensation) ran exactly once in total.
+        rows = pg_sagas.ledger(url, schema)
+        executions = Counter((saga_id, action.split(":")[0]) for saga_id, action, _ in rows)
+        expected: Counter[tuple[str, str]] = Counter()
+        for saga_id in ids:
+            actions = ["a", "b", "c"] + (["undo_b", "undo_a"] if saga_id in failing else [])
+            expected.update((saga_id, action) for action in actions)
+        assert executions == expected
+        # ... and all of one saga's steps by one process.
+        assert all(len({pid for s, _, pid in rows if s == saga_id}) == 1 for saga_id in ids)
+
+        # Every saga ended in one terminal state, and every attempt saw either
+        # that outcome or SagaLockedError.
+        storage = SqlStorage(url, schema=schema)
+        try:
+            stored = {saga_id: storage.get(saga_id) for saga_id in ids}
+        finally:
+            storage.close()
+        for saga_id in ids:
+            record = stored[saga_id]
+            assert record is not None
+            want = WorkflowStatus.FAILED if saga_id in failing else WorkflowStatus.COMPLETED
+            assert record.status == want, saga_id
+            seen = {outcome for s, outcome in attempts if s == saga_id}
+            assert want.value in seen and seen <= {want.value, "locked"}, (saga_id, seen)
+        # All four start on the same saga ids at the same moment, each step
+        # sleeping 10 ms: if no attempt was ever refused, nothing was contended.
+        assert any(outcome == "locked" for _, outcome in attempts)
+
+
+@dataclass
+class Hold:
+    hold_id: str
+
+
+entered = threading.Event()
+release = threading.Event()
+
+
+class HeldOpen(Saga[Hold], name="tests.pg.held_open"):
+    @step(idempotency_key="first-{hold_id}")
+    def first(self) -> str:
+        return "first"
+
+    @step(idempotency_key="blocking-{hold_id}")
+    def blocking(self) -> str:
+        entered.set()
+        assert release.wait(30), "the test never released the step"
+        return "blocking"
+
+
+def _try_lock_from_another_session(url: str, schema: str, saga_id: str) -> bool:
+    key = advisory_lock_key(saga_id, schema)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            got = bool(conn.execute(select(func.pg_try_advisory_lock(key))).scalar_one())
+            if got:
+                conn.execute(select(func.pg_advisory_unlock(key)))
+            return got
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class MidStep:
+    """Saga ``held-1`` blocked inside its second step, run by ``engine`` in ``thread``."""
+
+    engine: SagaEngine
+    url: str
+    schema: str
+    thread: threading.Thread
+    outcome: list[object]
+
+
+class TestASecondRunInAnotherThread:
+    @pytest.fixture
+    def mid_step(self, installed: tuple[str, str]) -> Iterator[MidStep]:
+        url, schema = installed
+        entered.clear()
+        release.clear()
+        engine = SagaEngine(url, schema=schema)
+        outcome: list[object] = []
+        first = threading.Thread(target=lambda: outcome.append(
+            engine.run(HeldOpen, Hold("1"), saga_id="held-1", idempotency_key="k-1")))
+        first.start()
+        try:
+            assert entered.wait(30)
+            yield MidStep(engine, url, schema, first, outcome)
+        finally:
+            release.set()
+            first.join(30)
+            engine.close()
+
+    def test_raises_saga_locked_error_while_the_first_is_mid_step(self, mid_step: MidStep) -> None:
+        with pytest.raises(SagaLockedError) as info:
+            mid_step.engine.run(HeldOpen, Hold("1"), saga_id="held-1", idempotency_key="k-1")
+        assert str(info.value) == (
+            "saga 'held-1' is being run by another live executor; wait for it to finish, or let a "
+            "worker resume it if that executor dies")
+        assert info.value.code == "TRANSACTION_LOCKED"
+
+    def test_the_lock_is_free_once_the_first_run_finishes(self, mid_step: MidStep) -> None:
+        assert not _try_lock_from_another_session(mid_step.url, mid_step.schema, "held-1")
+        release.set()
+        mid_step.thread.join(30)
+        assert [getattr(o, "status", o) for o in mid_step.outcome] == ["completed"]
+        assert _try_lock_from_another_session(mid_step.url, mid_step.schema, "held-1")
+        again = mid_step.engine.run(HeldOpen, Hold("1"), saga_id="held-1", idempotency_key="k-1")
+        assert again.results == {"first": "first", "blocking": "blocking"}
+
+
+class Quick(Saga[Hold], name="tests.pg.quick"):
+    @step(idempotency_key="only-{hold_id}")
+    def only(self) -> str:
+        return "only"
+
+
+def test_the_same_saga_id_in_another_schema_is_another_saga(installed: tuple[str, str]) -> None:
+    url, schema = installed
+    other = f"{schema}_b"
+    entered.clear()
+    release.clear()
+    blocked = SagaEngine(url, schema=schema)
+    thread = threading.Thread(target=lambda: blocked.run(HeldOpen, Hold("1"), saga_id="held-1",
+                                                         idempotency_key="k-1"))
+    thread.start()
+    try:
+        assert entered.wait(30)
+        sagadsl_migrate(url, schema=other)
+        neighbour = SagaEngine(url, schema=other)
+        try:
+            # Advisory locks are per database; the claim must still be per schema.
+            result = neighbour.run(Quick, Hold("1"), saga_id="held-1", idempotency_key="k-1")
+        finally:
+            neighbour.close()
+        assert result.results == {"only": "only"}
+    finally:
+        release.set()
+        thread.join(30)
+        blocked.close()
+        drop = create_engine(url)
+        with drop.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
+        drop.dispose()
