@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import logging
 import os
@@ -32,7 +33,7 @@ from .registry import lookup
 from .runtime.executor import SagaExecutor, stuck_allowance
 from .saga import Saga
 from .status import WorkflowStatus
-from .storage.base import NewStep, NewWorkflow, QueryFilter, Storage, StorageSession
+from .storage.base import Change, NewStep, NewWorkflow, QueryFilter, Storage, StorageSession
 from .storage.sql import SqlStorage
 
 if TYPE_CHECKING:
@@ -146,6 +147,9 @@ class SagaEngine:
                idempotency_key: str | None = None) -> WorkflowRecord | None:
         """Commit the saga as ``pending`` and return at once; a worker runs it.
 
+        The saga's 15-minute execution budget starts when a worker first
+        takes it, not while it waits in the queue.
+
         Submitting an existing saga id again with the same key changes
         nothing and returns the stored saga; another key raises
         :class:`IdempotencyConflictError`.
@@ -154,6 +158,7 @@ class SagaEngine:
             None when the saga was created, else the stored saga.
         """
         new, _ = self._prepare(saga_cls, input, saga_id, idempotency_key)
+        new = dataclasses.replace(new, started=False)
         session = self.storage.session(saga_id)
         try:
             record = session.begin(new, saga_id=saga_id, claim=False, now=new.now)
@@ -256,10 +261,19 @@ class SagaEngine:
         input_value = from_json(record.input, definition.input_type,
                                 where=f"stored input of saga {saga_id!r} ({record.saga_name})")
         saga = cls._bind(input_value, saga_id)
-        change = reconcile(definition, record, saga, self.clock.now())
+        now = self.clock.now()
+        change = reconcile(definition, record, saga, now)
+        started_at = record.started_at
+        if started_at is None:
+            # A submitted saga's budget starts now, when an executor first takes it.
+            started_at = now
+            change = Change(workflow={**(change.workflow if change else {}), "started_at": now,
+                                      "updated_at": now},
+                            new_steps=change.new_steps if change else (),
+                            removed_steps=change.removed_steps if change else ())
         if change is not None:
             await db(lambda: session.write(change))
-        executor = self._executor(saga, definition, session, record, record.started_at, db)
+        executor = self._executor(saga, definition, session, record, started_at, db)
         return await executor.execute(resumed=True)
 
     def _executor(self, saga: Saga[Any], definition: SagaDefinition, session: StorageSession,

@@ -60,7 +60,7 @@ class WorkflowRecord:
     error: ErrorInfo | None
     created_at: datetime
     updated_at: datetime
-    started_at: datetime
+    started_at: datetime | None
     current_step: str | None = None
     stuck_after: datetime | None = None
 
@@ -72,11 +72,11 @@ class WorkflowRecord:
         return None
 
     @property
-    def deadline(self) -> datetime:
-        """When the saga's execution budget runs out."""
+    def deadline(self) -> datetime | None:
+        """When the saga's execution budget runs out (None until an executor starts it)."""
         from .limits import MAX_EXECUTION_DURATION
 
-        return self.started_at + MAX_EXECUTION_DURATION
+        return self.started_at + MAX_EXECUTION_DURATION if self.started_at is not None else None
 
 
 @dataclass(frozen=True)

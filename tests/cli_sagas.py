@@ -84,8 +84,8 @@ def populate(url: str, schema: str | None = None) -> None:
 
     ``ship-ok`` completed, ``ship-lost`` failed and compensated,
     ``ship-jammed`` in dead letter (its refund failed), ``ship-waiting``
-    pending and stuck (submitted two hours ago, never run: a worker that
-    picks it up finds its 15-minute budget spent and compensates it).
+    pending and stuck (submitted two hours ago and never run; its 15-minute
+    budget starts when a worker takes it).
     """
     engine = SagaEngine(url, schema=schema, clock=FakeClock(datetime.now(timezone.utc)))
     try:

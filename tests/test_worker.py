@@ -100,6 +100,8 @@ def test_worker_finishes_compensation_after_a_dead_letter_retry(engine: SagaEngi
 
     record = engine.get("j1")
     assert record is not None and record.status == "failed" and record.retry_count == 1
+    assert record.error is not None and record.error.step_name == "c"
+    assert record.error.compensation_error is None  # the retry compensated everything
     assert effects(tmp_path) == ["do a", "do b", "undo a A", "undo b AB"]
     assert worker.stats.failed == 1
 
@@ -224,3 +226,18 @@ def test_sigterm_lets_the_running_saga_finish(durable_url: tuple[str, str | None
             proc.kill()
     assert engine.get("j1").status == WorkflowStatus.COMPLETED  # type: ignore[union-attr]
     engine.close()
+
+
+def test_a_submitted_saga_s_budget_starts_when_a_worker_takes_it(engine: SagaEngine, clock: FakeClock,
+                                                                  tmp_path: Path) -> None:
+    engine.submit(ThreeSteps, Job("j1", str(tmp_path)), saga_id="j1", idempotency_key="k")
+    record = engine.get("j1")
+    assert record is not None and record.started_at is None and record.deadline is None
+    clock.advance(timedelta(minutes=20))  # waited in the queue longer than the budget
+
+    drain(engine)
+
+    record = engine.get("j1")
+    assert record is not None and record.status == "completed"
+    assert record.started_at == record.created_at + timedelta(minutes=20)
+    assert effects(tmp_path) == ["do a", "do b", "do c"]

@@ -36,7 +36,7 @@ def upgrade() -> None:
         sa.Column("error_at", UTCDateTime(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
-        sa.Column("started_at", UTCDateTime(), nullable=False),
+        sa.Column("started_at", UTCDateTime(), nullable=True),
         sa.Column("stuck_after", UTCDateTime(), nullable=True),
         sa.Column("owner", sa.String(255), nullable=True),
         sa.Column("lease_expires_at", UTCDateTime(), nullable=True),

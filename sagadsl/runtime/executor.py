@@ -349,6 +349,10 @@ class SagaExecutor:
                     if last:
                         final = WorkflowStatus.DEAD_LETTER if failed_any else WorkflowStatus.FAILED
                         workflow.update(status=final.value, stuck_after=None)
+                        if not failed_any:
+                            # A retry that compensated everything clears the old
+                            # compensation error; the retry count keeps the history.
+                            workflow["compensation_error"] = None
                     await self._write(workflow, {name: step_values})
                     if outcome.ok:
                         logger.debug("saga %s step %s compensated", self.saga_id, name,

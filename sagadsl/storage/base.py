@@ -39,6 +39,9 @@ class NewWorkflow:
     now: datetime
     stuck_after: datetime | None
     status: WorkflowStatus = WorkflowStatus.PENDING
+    #: False for a submitted saga: its execution budget starts when an
+    #: executor first claims it, not while it waits for a worker.
+    started: bool = True
 
 
 @dataclass(frozen=True)

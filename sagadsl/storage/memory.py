@@ -168,7 +168,7 @@ class _MemorySession:
                 values = {f.name: getattr(new, f.name) for f in dataclasses.fields(new)
                           if f.name not in ("steps", "now")}
                 values.update(status=new.status.value, input=copy.deepcopy(new.input), retry_count=0,
-                              created_at=new.now, updated_at=new.now, started_at=new.now,
+                              created_at=new.now, updated_at=new.now, started_at=new.now if new.started else None,
                               current_step=None, error_step=None, error=None, compensation_error=None,
                               error_at=None)
                 s._rows[saga_id] = _Row(values, {

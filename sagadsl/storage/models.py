@@ -84,8 +84,9 @@ class WorkflowRow(Base):
     error_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    #: Start of the current execution budget (creation, or the last retry).
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: Start of the current execution budget: the first claim by an executor
+    #: (None while a submitted saga waits), or the last retry.
+    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
     #: Past this time an active saga counts as stuck.
     stuck_after: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
     #: Lease-based claim (where advisory locks do not exist): owner and expiry.

@@ -456,7 +456,7 @@ class SqlSession:
         values = dict(
             id=new.id, saga_name=new.saga_name, status=new.status.value, input=new.input,
             idempotency_key=new.idempotency_key, fingerprint=new.fingerprint, retry_count=0,
-            version=0, created_at=new.now, updated_at=new.now, started_at=new.now,
+            version=0, created_at=new.now, updated_at=new.now, started_at=new.now if new.started else None,
             stuck_after=new.stuck_after, owner=self._token if lease else None,
             lease_expires_at=new.now + LEASE_DURATION if lease else None,
         )
