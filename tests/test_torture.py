@@ -31,5 +31,5 @@ def test_sagas_survive_killed_workers_and_a_server_restart(capsys: pytest.Captur
     assert report.completed + report.failed + report.dead_letter == 300
     assert report.kills >= 20, "the supervisor should have killed workers throughout"
     assert report.server_restarts == 1
-    assert report.resumes > 0, "killed workers should have left steps to run again"
+    assert report.resumes > 0, "killed workers should have left sagas for other workers to finish"
     assert report.dead_letter > 0 and report.failed > 0 and report.completed > 0

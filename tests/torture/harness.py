@@ -37,7 +37,11 @@ class Report:
     kills: int = 0
     server_restarts: int = 0
     executions: int = 0
+    #: Sagas whose steps ran in more than one worker process: taken over after a kill.
     resumes: int = 0
+    #: Step executions beyond one per effect: a kill landed between a step's
+    #: effect and its commit, and the step ran again with the same key.
+    reruns: int = 0
     duplicates: int = 0
     lost: int = 0
     orphans: int = 0
@@ -48,7 +52,7 @@ class Report:
         return (f"sagas={self.sagas} completed={self.completed} failed={self.failed} "
                 f"dead_letter={self.dead_letter} not_terminal={self.not_terminal} kills={self.kills} "
                 f"server_restarts={self.server_restarts} executions={self.executions} "
-                f"resumes={self.resumes} duplicates={self.duplicates} lost={self.lost} "
+                f"resumes={self.resumes} reruns={self.reruns} duplicates={self.duplicates} lost={self.lost} "
                 f"orphans={self.orphans} seconds={self.seconds:.1f}")
 
 
@@ -162,7 +166,10 @@ class Torture:
                                 "FROM torture_effects").fetchone()
             assert effects is not None
             r.duplicates = effects[0] - effects[1]
-            r.resumes = r.executions - effects[1]
+            r.reruns = r.executions - effects[1]
+            r.resumes = c.execute(
+                "SELECT count(*) FROM (SELECT saga_id FROM torture_executions GROUP BY saga_id "
+                "HAVING count(DISTINCT pid) > 1) AS taken_over").fetchone()[0]  # type: ignore[index]
             r.orphans = c.execute(
                 "SELECT count(*) FROM torture_effects e WHERE NOT EXISTS "
                 "(SELECT 1 FROM sagadsl_workflows w WHERE w.id = e.saga_id)").fetchone()[0]  # type: ignore[index]

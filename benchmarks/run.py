@@ -1,0 +1,314 @@
+"""sagadsl benchmarks: every figure beside the database's own commit rate, measured in the same run.
+
+Usage::
+
+    python benchmarks/run.py                       # full run (a few minutes; first run loads 1M rows)
+    python benchmarks/run.py --quick               # under two minutes
+    python benchmarks/run.py --json out.json       # also write the figures for comparison across commits
+    python benchmarks/run.py --database-url postgresql+psycopg://user@host/db --skip-admin
+
+Each round measures a baseline and then the workload compared with it, so a
+machine that gets busier halfway through slows both; the report shows the
+median over the rounds and the ratio of the medians. Targets are DESIGN §6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import admin  # noqa: E402
+import workloads as w  # noqa: E402
+
+DEFAULT_URL = "postgresql+psycopg://root@127.0.0.1/test"
+ADMIN_ROWS = 1_000_000
+ADMIN_LIMIT_MS = 20.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work one round does."""
+
+    baseline_commits: int
+    sequential_sagas: int
+    baseline_per_thread: int
+    sagas_per_thread: int
+    hundred_step_sagas: int
+    sqlite_commits: int
+    sqlite_sagas: int
+
+
+FULL = Sizes(baseline_commits=1000, sequential_sagas=300, baseline_per_thread=250, sagas_per_thread=60,
+             hundred_step_sagas=6, sqlite_commits=500, sqlite_sagas=200)
+QUICK = Sizes(baseline_commits=400, sequential_sagas=150, baseline_per_thread=100, sagas_per_thread=25,
+              hundred_step_sagas=3, sqlite_commits=200, sqlite_sagas=80)
+
+
+@dataclass
+class Figure:
+    """One reported number, its samples, and how it compares with its baseline."""
+
+    name: str
+    unit: str
+    samples: list[float]
+    baseline: str | None = None
+    ratio: float | None = None
+    #: The ratio (or, without a baseline, the value) the target asks for.
+    target: str | None = None
+    passed: bool | None = None
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+@dataclass
+class Report:
+    meta: dict[str, Any]
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+    def add(self, figure: Figure) -> Figure:
+        self.figures[figure.name] = figure
+        return figure
+
+    def __getitem__(self, name: str) -> Figure:
+        return self.figures[name]
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _log(message: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report) -> None:
+    w.prepare_pg(url)
+    engine = w.pg_engine(url)
+    runner = w.SagaRunner(engine)
+    meter = w.PgBytes(url)
+    samples: dict[str, list[float]] = {k: [] for k in (
+        "base1", "base8", "seq", "seq_async", "threads", "tasks", "hundred")}
+    stored = {3: [0, 0], 100: [0, 0]}  # steps -> [bytes, steps]
+    wal = {3: [0, 0], 100: [0, 0]}
+    try:
+        w.warm_up(runner, w.ThreeSteps, w.ThreeAsyncSteps, w.HundredSteps)
+        for r in range(1, rounds + 1):
+            _log(f"PostgreSQL round {r}/{rounds}")
+            samples["base1"].append(w.pg_baseline(url, 1, sizes.baseline_commits))
+            before = meter.snapshot()
+            samples["seq"].append(runner.sequential(w.ThreeSteps, sizes.sequential_sagas))
+            grew, wrote = meter.delta(before)
+            stored[3][0] += grew
+            wal[3][0] += wrote
+            stored[3][1] += 3 * sizes.sequential_sagas
+            wal[3][1] += 3 * sizes.sequential_sagas
+            samples["seq_async"].append(runner.sequential(w.ThreeAsyncSteps, sizes.sequential_sagas))
+            before = meter.snapshot()
+            samples["hundred"].append(runner.sequential(w.HundredSteps, sizes.hundred_step_sagas))
+            grew, wrote = meter.delta(before)
+            stored[100][0] += grew
+            wal[100][0] += wrote
+            stored[100][1] += 100 * sizes.hundred_step_sagas
+            wal[100][1] += 100 * sizes.hundred_step_sagas
+            samples["base8"].append(w.pg_baseline(url, 8, sizes.baseline_per_thread))
+            samples["threads"].append(runner.threads(w.ThreeSteps, 8, sizes.sagas_per_thread))
+            samples["tasks"].append(runner.tasks(w.ThreeSteps, 8, sizes.sagas_per_thread))
+    finally:
+        meter.close()
+        engine.close()
+        w.drop_pg(url)
+
+    base1 = report.add(Figure("pg.baseline.1_thread", "commits/s", samples["base1"],
+                              note="plain psycopg, INSERT + COMMIT"))
+    base8 = report.add(Figure("pg.baseline.8_threads", "commits/s", samples["base8"],
+                              note="plain psycopg, 8 connections"))
+    seq = report.add(Figure("pg.saga3.sequential", "sagas/s", samples["seq"], baseline=base1.name,
+                            target=">= 0.60", note="ratio = sagas/s / (baseline / 4)"))
+    seq.ratio = seq.median / (base1.median / 4)
+    seq.passed = seq.ratio >= 0.60
+    seq_async = report.add(Figure("pg.saga3.sequential_async_steps", "sagas/s", samples["seq_async"],
+                                  baseline=base1.name, note="the same with async def steps; no target"))
+    seq_async.ratio = seq_async.median / (base1.median / 4)
+    for key, name in (("threads", "pg.saga3.8_threads"), ("tasks", "pg.saga3.8_asyncio_tasks")):
+        fig = report.add(Figure(name, "sagas/s", samples[key], baseline=base8.name, target=">= 0.35",
+                                note="ratio = sagas/s / (8-thread baseline / 4)"))
+        fig.ratio = fig.median / (base8.median / 4)
+        fig.passed = fig.ratio >= 0.35
+
+    per_step3 = [1000 / (s * 3) for s in samples["seq"]]
+    per_step100 = [1000 / (s * 100) for s in samples["hundred"]]
+    step3 = report.add(Figure("pg.per_step_ms.3_steps", "ms/step", per_step3, note="3-step saga"))
+    step100 = report.add(Figure("pg.per_step_ms.100_steps", "ms/step", per_step100, baseline=step3.name,
+                                target="<= 1.20", note="ratio = 100-step / 3-step"))
+    step100.ratio = step100.median / step3.median
+    step100.passed = step100.ratio <= 1.20
+
+    b3 = report.add(Figure("pg.stored_bytes_per_step.3_steps", "bytes/step", [stored[3][0] / stored[3][1]],
+                           note="growth of sagadsl tables + indexes"))
+    b100 = report.add(Figure("pg.stored_bytes_per_step.100_steps", "bytes/step",
+                             [stored[100][0] / stored[100][1]], baseline=b3.name, target="<= 1.20",
+                             note="ratio = 100-step / 3-step"))
+    b100.ratio = b100.median / b3.median
+    b100.passed = b100.ratio <= 1.20
+    w3 = report.add(Figure("pg.wal_bytes_per_step.3_steps", "bytes/step", [wal[3][0] / wal[3][1]],
+                           note="cluster-wide WAL: includes other sessions"))
+    w100 = report.add(Figure("pg.wal_bytes_per_step.100_steps", "bytes/step", [wal[100][0] / wal[100][1]],
+                             baseline=w3.name, note="cluster-wide WAL: includes other sessions"))
+    w100.ratio = w100.median / w3.median
+
+
+def measure_sqlite(sizes: Sizes, rounds: int, report: Report) -> None:
+    base: list[float] = []
+    sagas: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="sagadsl-bench-") as directory:
+        engine = w.sqlite_engine(directory)
+        runner = w.SagaRunner(engine)
+        try:
+            w.warm_up(runner, w.ThreeSteps)
+            for r in range(1, rounds + 1):
+                _log(f"SQLite round {r}/{rounds}")
+                base.append(w.sqlite_baseline(str(Path(directory) / "baseline.db"), sizes.sqlite_commits))
+                sagas.append(runner.sequential(w.ThreeSteps, sizes.sqlite_sagas))
+        finally:
+            engine.close()
+    b = report.add(Figure("sqlite.baseline", "commits/s", base,
+                          note="plain sqlite3, WAL, synchronous=FULL, BEGIN IMMEDIATE"))
+    s = report.add(Figure("sqlite.saga3.sequential", "sagas/s", sagas, baseline=b.name,
+                          note="ratio = sagas/s / (baseline / 4); no target in DESIGN"))
+    s.ratio = s.median / (b.median / 4)
+
+
+def measure_admin(url: str, runs: int, report: Report) -> None:
+    timings = admin.measure(url, ADMIN_ROWS, runs, _log)
+    report.meta["admin_rows"] = timings.rows
+    report.meta["admin_schema_reused"] = timings.reused
+    report.meta["admin_status_rows"] = timings.status_rows
+    for name, ms in timings.medians_ms.items():
+        fig = report.add(Figure(f"admin.{name}", "ms", [ms], target=f"< {ADMIN_LIMIT_MS:.0f} ms",
+                                note=f"median of {runs} on {timings.rows:,} rows"))
+        fig.passed = ms < ADMIN_LIMIT_MS
+
+
+def _fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def print_report(report: Report) -> None:
+    meta = report.meta
+    print()
+    print(f"sagadsl benchmarks  commit {meta['commit']}  {meta['started']}  {'quick' if meta['quick'] else 'full'}"
+          f", {meta['rounds']} rounds")
+    print(f"PostgreSQL {meta.get('postgres', '-')} at {meta['database_url']}; Python {meta['python']}; "
+          f"{meta['cpus']} CPUs, load {meta['load_before']} before the run")
+    print()
+    header = f"{'figure':40} {'median':>10} {'unit':11} {'min..max':>19} {'ratio':>7} {'target':>9}  result"
+    print(header)
+    print("-" * len(header))
+    for fig in report.figures.values():
+        spread = f"{_fmt(min(fig.samples))}..{_fmt(max(fig.samples))}" if len(fig.samples) > 1 else ""
+        ratio = f"{fig.ratio:.2f}" if fig.ratio is not None else ""
+        result = "" if fig.passed is None else ("PASS" if fig.passed else "FAIL")
+        print(f"{fig.name:40} {_fmt(fig.median):>10} {fig.unit:11} {spread:>19} {ratio:>7} "
+              f"{fig.target or '':>9}  {result}")
+        if fig.note or fig.baseline:
+            vs = f"vs {fig.baseline}; " if fig.baseline else ""
+            print(f"{'':42}{vs}{fig.note}")
+    checked = [f for f in report.figures.values() if f.passed is not None]
+    failed = [f.name for f in checked if not f.passed]
+    print()
+    print(f"{len(checked) - len(failed)}/{len(checked)} targets met" + (f"; FAILED: {', '.join(failed)}"
+                                                                         if failed else ""))
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    figures = {}
+    for name, fig in report.figures.items():
+        data = asdict(fig)
+        data["median"] = fig.median
+        figures[name] = data
+    return {"meta": report.meta, "figures": figures}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=DEFAULT_URL,
+                        help=f"PostgreSQL URL (default {DEFAULT_URL}); the benchmark works in its own "
+                             f"schemas {w.BENCH_SCHEMA} (dropped after) and {admin.ADMIN_SCHEMA} (kept)")
+    parser.add_argument("--quick", action="store_true", help="smaller rounds: finishes in under two minutes")
+    parser.add_argument("--repeat", type=int, default=None, metavar="N",
+                        help="rounds per measurement (default 5, --quick 3)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
+    parser.add_argument("--skip-admin", action="store_true", help="skip the 1,000,000-row admin queries")
+    parser.add_argument("--skip-sqlite", action="store_true", help="skip the SQLite measurements")
+    args = parser.parse_args(argv)
+
+    rounds = args.repeat or (3 if args.quick else 5)
+    if rounds < 1:
+        parser.error("--repeat must be at least 1")
+    sizes = QUICK if args.quick else FULL
+    from sagadsl.storage.sql import mask_url
+
+    report = Report(meta={
+        "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick,
+        "rounds": rounds, "sizes": asdict(sizes), "database_url": mask_url(args.database_url),
+        "postgres": w.pg_version(args.database_url), "python": platform.python_version(),
+        "cpus": _cpu_count(), "load_before": _load_average(),
+    })
+    started = time.perf_counter()
+    measure_postgres(args.database_url, sizes, rounds, report)
+    if not args.skip_sqlite:
+        measure_sqlite(sizes, rounds, report)
+    if not args.skip_admin:
+        measure_admin(args.database_url, max(5, 2 * rounds + 1), report)
+    report.meta["seconds"] = round(time.perf_counter() - started, 1)
+    report.meta["load_after"] = _load_average()
+    print_report(report)
+    print(f"({report.meta['seconds']} s; load {report.meta['load_after']} after the run)")
+    if args.json:
+        args.json.write_text(json.dumps(to_json(report), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if all(f.passed is not False for f in report.figures.values()) else 1
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""What one saga costs the database on the normal path (DESIGN §4, issue 7).
+
+Counted with SQLAlchemy's own events on the storage's engine, so the test sees
+exactly what reaches the driver. Not timed: the benchmarks measure speed.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import event
+
+from sagadsl import Saga, SagaEngine, compensates, step
+from sagadsl.storage import SqlStorage
+
+
+@dataclass
+class Parcel:
+    parcel_id: str
+
+
+class Ship(Saga[Parcel], name="tests.statement_count.ship"):
+    @step(idempotency_key="label-{parcel_id}")
+    def label(self) -> str:
+        return f"label-{self.input.parcel_id}"
+
+    @compensates(label)
+    def void_label(self, label: str) -> None:
+        pass
+
+    @step(idempotency_key="pick-{parcel_id}")
+    def pick(self, label: str) -> int:
+        return 3
+
+    @step(idempotency_key="dispatch-{parcel_id}")
+    async def dispatch(self, pick: int) -> dict[str, int]:
+        return {"boxes": pick}
+
+
+def _numbered_step(i: int) -> Any:
+    def run(self: Saga[Parcel]) -> int:
+        return i
+
+    run.__name__ = run.__qualname__ = f"step_{i:03d}"
+    return step(idempotency_key=f"step{i}-{{parcel_id}}")(run)
+
+
+HundredSteps: type[Saga[Parcel]] = types.new_class(
+    "HundredSteps", (Saga[Parcel],), {"name": "tests.statement_count.hundred"},
+    lambda ns: ns.update({f"step_{i:03d}": _numbered_step(i) for i in range(100)}, __module__=__name__),
+)
+
+#: The only SELECTs allowed on the normal path: claiming and releasing the
+#: PostgreSQL session advisory lock.
+_ADVISORY_CALL = re.compile(r"^\s*SELECT\s+pg_(try_)?advisory_(un)?lock\(", re.IGNORECASE)
+
+
+class Traffic:
+    """Statements and commits seen on one storage's engine."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+        self.commits = 0
+
+    def reads(self) -> list[str]:
+        return [s for s in self.statements
+                if s.lstrip().upper().startswith("SELECT") and not _ADVISORY_CALL.match(s)]
+
+
+@pytest.fixture
+def storage(durable_url: tuple[str, str | None]) -> Iterator[SqlStorage]:
+    url, schema = durable_url
+    store = SqlStorage(url, schema=schema)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def engine(storage: SqlStorage) -> Iterator[SagaEngine]:
+    eng = SagaEngine(storage)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def traffic(storage: SqlStorage) -> Iterator[Traffic]:
+    seen = Traffic()
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.statements.append(statement)
+
+    def on_commit(conn: Any) -> None:
+        seen.commits += 1
+
+    event.listen(storage.engine, "before_cursor_execute", on_execute)
+    event.listen(storage.engine, "commit", on_commit)
+    yield seen
+    event.remove(storage.engine, "before_cursor_execute", on_execute)
+    event.remove(storage.engine, "commit", on_commit)
+
+
+def test_a_three_step_saga_costs_four_commits(engine: SagaEngine, traffic: Traffic) -> None:
+    result = engine.run(Ship, Parcel("p-1"), saga_id="p-1", idempotency_key="p-1")
+
+    assert result.status == "completed"
+    assert traffic.commits == 4, "\n".join(traffic.statements)
+
+
+def test_a_three_step_saga_reads_nothing(engine: SagaEngine, traffic: Traffic) -> None:
+    engine.run(Ship, Parcel("p-1"), saga_id="p-1", idempotency_key="p-1")
+
+    assert any(s.lstrip().upper().startswith(("INSERT", "WITH", "UPDATE")) for s in traffic.statements)
+    assert traffic.reads() == []
+
+
+def test_a_hundred_step_saga_costs_one_commit_per_step_and_one_more(engine: SagaEngine,
+                                                                    traffic: Traffic) -> None:
+    engine.run(HundredSteps, Parcel("p-1"), saga_id="p-1", idempotency_key="p-1")
+
+    assert traffic.commits == 101
+    assert traffic.reads() == []
+
+
+def test_statements_per_step_do_not_grow_with_the_number_of_steps(engine: SagaEngine,
+                                                                  traffic: Traffic) -> None:
+    engine.run(Ship, Parcel("p-1"), saga_id="p-1", idempotency_key="p-1")
+    three = len(traffic.statements)
+    traffic.statements.clear()
+
+    engine.run(HundredSteps, Parcel("p-2"), saga_id="p-2", idempotency_key="p-2")
+    hundred = len(traffic.statements)
+
+    # Both sagas pay the same for their first commit and their release, so
+    # 97 more steps must cost 97 times what one step commit costs.
+    per_step, remainder = divmod(hundred - three, 97)
+    assert remainder == 0
+    assert 1 <= per_step <= 3
