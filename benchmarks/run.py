@@ -29,6 +29,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import admin  # noqa: E402
+import tracing  # noqa: E402
 import workloads as w  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://root@127.0.0.1/test"
@@ -201,6 +202,22 @@ def measure_sqlite(sizes: Sizes, rounds: int, report: Report) -> None:
     s.ratio = s.median / (b.median / 4)
 
 
+def measure_tracing(url: str, sizes: Sizes, rounds: int, report: Report) -> None:
+    cost = tracing.measure(url, max(rounds * 2, 7), sizes.sequential_sagas // 2, _log)
+    report.add(Figure("tracing.pg_wall_ms_per_saga", "ms/saga", [t * 1000 for t in cost.pg_wall],
+                      note="plain sequential 3-step saga on PostgreSQL: the denominator"))
+    report.add(Figure("tracing.plain_cpu_us_per_saga", "us/saga", [c * 1e6 for c in cost.plain_cpu],
+                      note="engine CPU per saga, in-memory storage, no events"))
+    for name, cpu, overhead, limit in (
+            ("tracing.disabled", cost.disabled_cpu, cost.disabled_overhead, 0.02),
+            ("tracing.enabled", cost.enabled_cpu, cost.enabled_overhead, 0.15)):
+        fig = report.add(Figure(f"{name}_cpu_us_per_saga", "us/saga", [c * 1e6 for c in cpu],
+                                baseline="tracing.pg_wall_ms_per_saga", target=f"<= {limit:.2f}",
+                                note="ratio = overhead: extra CPU per saga over plain / PostgreSQL wall per saga"))
+        fig.ratio = overhead
+        fig.passed = overhead <= limit
+
+
 def measure_admin(url: str, runs: int, report: Report) -> None:
     timings = admin.measure(url, ADMIN_ROWS, runs, _log)
     report.meta["admin_rows"] = timings.rows
@@ -267,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
     parser.add_argument("--skip-admin", action="store_true", help="skip the 1,000,000-row admin queries")
     parser.add_argument("--skip-sqlite", action="store_true", help="skip the SQLite measurements")
+    parser.add_argument("--skip-tracing", action="store_true",
+                        help="skip the OpenTelemetry overhead (needs the otel and test extras)")
     args = parser.parse_args(argv)
 
     rounds = args.repeat or (3 if args.quick else 5)
@@ -285,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     measure_postgres(args.database_url, sizes, rounds, report)
     if not args.skip_sqlite:
         measure_sqlite(sizes, rounds, report)
+    if not args.skip_tracing:
+        measure_tracing(args.database_url, sizes, rounds, report)
     if not args.skip_admin:
         measure_admin(args.database_url, max(5, 2 * rounds + 1), report)
     report.meta["seconds"] = round(time.perf_counter() - started, 1)
