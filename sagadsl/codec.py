@@ -29,6 +29,9 @@ from .errors import SerializationError
 __all__ = ["to_json", "from_json", "JSONValue"]
 
 JSONValue = Any
+# PostgreSQL's JSONB cannot hold U+0000; refused on every backend alike.
+_NUL_MESSAGE = ("{path} contains a NUL character (\\x00), which PostgreSQL cannot store; "
+                "remove it, or encode binary data (e.g. base64) before returning it")
 _Scalar = (str, int, bool, type(None))
 
 
@@ -51,6 +54,8 @@ def _encode(value: Any, path: str) -> JSONValue:
     if isinstance(value, _Scalar):
         if isinstance(value, enum.Enum):
             return _encode(value.value, path)
+        if isinstance(value, str) and "\x00" in value:
+            raise SerializationError(_NUL_MESSAGE.format(path=path))
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -104,6 +109,8 @@ def _encode_key(key: Any, path: str) -> str:
     if isinstance(key, enum.Enum):
         key = key.value
     if isinstance(key, str):
+        if "\x00" in key:
+            raise SerializationError(_NUL_MESSAGE.format(path=f"a key of {path}"))
         return key
     if isinstance(key, (int, uuid.UUID)) and not isinstance(key, bool):
         return str(key)

@@ -269,6 +269,7 @@ class SagaEngine:
             started_at = now
             change = Change(workflow={**(change.workflow if change else {}), "started_at": now,
                                       "updated_at": now},
+                            steps=change.steps if change else {},
                             new_steps=change.new_steps if change else (),
                             removed_steps=change.removed_steps if change else ())
         if change is not None:
@@ -310,7 +311,21 @@ class SagaEngine:
             error=err.error if err else None)
 
     async def _offloaded(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn)
+        future = asyncio.get_running_loop().run_in_executor(self._db_pool, fn)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The storage call cannot be stopped halfway. Wait for it, so the
+            # session is never used by two threads at once and the ``finally``
+            # that closes it (releasing the claim) sees what it did.
+            while not future.done():
+                try:
+                    await asyncio.shield(future)
+                except asyncio.CancelledError:
+                    continue
+                except Exception:
+                    break
+            raise
 
     # -- questions and operator actions ----------------------------------------
 

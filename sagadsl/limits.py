@@ -25,6 +25,9 @@ def truncate_error(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
 
     A cut text ends with an ellipsis; no character is split in half.
     """
+    # PostgreSQL text cannot hold NUL; an error message that carries one must
+    # still be storable, or the saga could never record its failure.
+    text = text.replace("\x00", "\\x00")
     encoded = text.encode("utf-8")
     if len(encoded) <= limit:
         return text

@@ -16,11 +16,12 @@ import os
 import socket
 import threading
 import uuid
+from datetime import datetime
 from typing import ContextManager, Iterator, Protocol, runtime_checkable
 
 from .errors import SagaLockedError
 
-__all__ = ["Lock", "NoopLock", "ThreadLock", "owner_token", "owner_is_dead", "advisory_key"]
+__all__ = ["Lock", "NoopLock", "ThreadLock", "owner_token", "owner_is_dead", "claim_is_free", "advisory_key"]
 
 
 @runtime_checkable
@@ -128,6 +129,27 @@ def owner_is_dead(owner: str) -> bool:
     if state in ("Z", "X"):  # killed, not yet reaped by its parent
         return True
     return started != "-" and current != "-" and current != started
+
+
+def _owner_host(owner: str) -> str | None:
+    parts = owner.rsplit(":", 3)
+    return parts[0] if len(parts) == 4 else None
+
+
+def claim_is_free(owner: str | None, lease_expires_at: datetime | None, now: datetime) -> bool:
+    """Whether a lease-based claim may be taken over.
+
+    Free when nobody holds it, when its owner is a process on this host that
+    is gone, or when its lease ran out and its owner is on another host. A
+    live owner on this host keeps its claim however long its work takes: its
+    liveness is known for certain, and a lease could run out under a long
+    compensation.
+    """
+    if owner is None:
+        return True
+    if _owner_host(owner) == _HOST:
+        return owner_is_dead(owner)
+    return lease_expires_at is not None and lease_expires_at < now
 
 
 def advisory_key(saga_id: str) -> int:

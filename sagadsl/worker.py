@@ -137,30 +137,27 @@ class Worker:
         return self.stats
 
     def _poll_once(self, pool: ThreadPoolExecutor) -> int:
+        now = time.monotonic()
         with self._guard:
             free = self.concurrency - len(self._in_flight)
-            busy = set(self._in_flight)
+            # Sagas it runs or has set aside are left out of the poll itself,
+            # so they can never crowd out sagas it could run.
+            skip = set(self._in_flight) | {saga_id for saga_id, (until, _) in self._quarantine.items()
+                                           if until > now}
         if free <= 0:
             self._stop.wait(min(self.poll_interval, 0.05))
             return 0
         try:
-            candidates = self.engine.storage.recoverable(self.engine.clock.now(), free + len(busy) + 8)
+            candidates = self.engine.storage.recoverable(self.engine.clock.now(), free, exclude=skip)
         except Exception:
             with self._guard:
                 self.stats.errors += 1
             logger.exception("worker could not poll for sagas; retrying in %.1fs", self.poll_interval)
             return 0
-        now = time.monotonic()
         started = 0
         for saga_id in candidates:
             if started >= free or self._stop.is_set():
                 break
-            if saga_id in busy:
-                continue
-            with self._guard:
-                until = self._quarantine.get(saga_id)
-            if until is not None and until[0] > now:
-                continue
             with self._guard:
                 self._in_flight[saga_id] = pool.submit(self._drive, saga_id)
             started += 1

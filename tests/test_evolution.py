@@ -478,3 +478,60 @@ def test_a_new_saga_name_runs_beside_in_flight_instances_of_the_old_one(deploy: 
     in_flight = engine.query(status=["pending", "compensating", "dead_letter"],
                              saga_name="tests.evolution.place_order.v1")
     assert in_flight.total == 0
+
+
+def test_a_resume_left_with_no_step_to_run_completes_the_saga(deploy: Deploy) -> None:
+    class Orders(Saga[Order], name="tests.evolution.nothing_left"):
+        @step(idempotency_key="reserve-{order_id}")
+        def reserve(self) -> str:
+            return work("reserve", "v1")
+
+        @step(idempotency_key="charge-{order_id}")
+        def charge(self) -> str:
+            return work("charge", "v1")
+
+    crash_during(deploy(), Orders, "charge")
+
+    class Orders(Saga[Order], name="tests.evolution.nothing_left"):  # type: ignore[no-redef]
+        @step(idempotency_key="reserve-{order_id}")
+        def reserve(self) -> str:
+            return work("reserve", "v2")
+
+    engine = deploy()
+    assert engine.resume("o-1").results == {"reserve": "reserve@v1"}
+    after = engine.get("o-1")
+    assert after is not None and after.status == "completed"
+    assert engine.storage.recoverable(FakeClock().now(), 10) == []
+
+
+def test_a_submitted_saga_resumed_on_a_changed_class_stores_the_new_positions(deploy: Deploy) -> None:
+    class Orders(Saga[Order], name="tests.evolution.submitted_then_changed"):
+        @step(idempotency_key="reserve-{order_id}")
+        def reserve(self) -> str:
+            return work("reserve", "v1")
+
+        @step(idempotency_key="charge-{order_id}")
+        def charge(self) -> str:
+            return work("charge", "v1")
+
+    deploy().submit(Orders, Order("o-1"), saga_id="o-1", idempotency_key="k-1")
+
+    class Orders(Saga[Order], name="tests.evolution.submitted_then_changed"):  # type: ignore[no-redef]
+        @step(idempotency_key="check-{order_id}")
+        def check(self) -> str:
+            return work("check", "v2")
+
+        @step(idempotency_key="reserve-{order_id}")
+        def reserve(self) -> str:
+            return work("reserve", "v2")
+
+        @step(idempotency_key="charge-{order_id}")
+        def charge(self) -> str:
+            return work("charge", "v2")
+
+    engine = deploy()
+    engine.resume("o-1")
+    after = engine.get("o-1")
+    assert after is not None
+    assert [(s.name, s.position) for s in after.steps] == [("check", 0), ("reserve", 1), ("charge", 2)]
+    assert ran == [("check", "v2"), ("reserve", "v2"), ("charge", "v2")]

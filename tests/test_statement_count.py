@@ -56,7 +56,7 @@ HundredSteps: type[Saga[Parcel]] = types.new_class(
 
 #: The only SELECTs allowed on the normal path: claiming and releasing the
 #: PostgreSQL session advisory lock.
-_ADVISORY_CALL = re.compile(r"^\s*SELECT\s+pg_(try_)?advisory_(un)?lock\(", re.IGNORECASE)
+_ADVISORY_CALL = re.compile(r"^\s*SELECT\s+pg_(try_)?advisory_(un)?lock(_all)?\(", re.IGNORECASE)
 
 
 class Traffic:

@@ -49,16 +49,35 @@ class Budget:
             "it is being compensated", saga_id=self.saga_id)
 
 
+class _TimedOut(Exception):
+    """Our own timer ran out; a ``TimeoutError`` raised by the step itself is not this."""
+
+
 async def _invoke(func: Callable[..., Any], kwargs: dict[str, Any], is_async: bool,
                   timeout: float | None, pool: Executor) -> Any:
-    if is_async:
-        return await asyncio.wait_for(func(**kwargs), timeout)
     loop = asyncio.get_running_loop()
-    ctx = contextvars.copy_context()
-    future = loop.run_in_executor(pool, functools.partial(ctx.run, func, **kwargs))
-    # A thread cannot be stopped: on timeout the attempt fails, the thread
-    # runs on and its eventual result is dropped.
-    return await asyncio.wait_for(future, timeout)
+    future: asyncio.Future[Any]
+    if is_async:
+        future = asyncio.ensure_future(func(**kwargs))
+    else:
+        ctx = contextvars.copy_context()
+        future = loop.run_in_executor(pool, functools.partial(ctx.run, func, **kwargs))
+    if timeout is None:
+        return await future
+    try:
+        done, _ = await asyncio.wait({future}, timeout=timeout)
+    except BaseException:
+        future.cancel()
+        raise
+    if future in done:
+        return future.result()
+    # An async step is cancelled and given the chance to clean up. A thread
+    # cannot be stopped: the attempt fails, the thread runs on and its
+    # eventual result is dropped.
+    future.cancel()
+    if is_async:
+        await asyncio.wait({future})
+    raise _TimedOut()
 
 
 async def call_with_retries(
@@ -107,13 +126,13 @@ async def call_with_retries(
         try:
             value = await _invoke(func, kwargs, is_async, limit, pool)
             encoded = encode(value) if encode is not None else None
-        except asyncio.TimeoutError:
-            if bounded_by_budget:
-                error = budget.exceeded_error(where) if budget is not None else StepTimeoutError(where)
+        except _TimedOut:
+            if bounded_by_budget and budget is not None:
+                error = budget.exceeded_error(where)
                 await emitter.emit("step_timeout", step, error=error, attempt=attempt,
                                    duration=time.perf_counter() - t0, idempotency_key=key)
                 return AttemptOutcome(False, None, attempt, started, clock.now(), error)
-            error = StepTimeoutError(f"{where} took longer than its timeout of {limit:g}s "
+            error = StepTimeoutError(f"{where} took longer than its timeout of {limit or 0:g}s "
                                      f"(attempt {attempt})")
             await emitter.emit("step_timeout", step, error=error, attempt=attempt,
                                duration=time.perf_counter() - t0, idempotency_key=key)

@@ -11,7 +11,7 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from ..clock import Clock
 from ..codec import from_json, to_json
@@ -98,6 +98,7 @@ class SagaExecutor:
         self.backward = False
         #: The failure commit already ended the saga (nothing to compensate).
         self._ended_by_failure = False
+        self._completion_written = False
         if record is not None:
             self._restore(record)
 
@@ -109,7 +110,9 @@ class SagaExecutor:
                 continue
             self.status[stored.name] = stored.status
             self.keys[stored.name] = stored.idempotency_key
-            if stored.status in (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED):
+            if stored.status in (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED,
+                                 StepStatus.COMPENSATED):
+                # Compensated results too: a later compensation may take them as inputs.
                 step = self.definition.step(stored.name)
                 self.results[stored.name] = from_json(
                     stored.result, step.return_type(),
@@ -199,6 +202,10 @@ class SagaExecutor:
                             break
                         running[asyncio.ensure_future(self._run_step(s))] = s
                 if not running:
+                    if failure is None and not self._completion_written:
+                        # A resume that found nothing left to run (its remaining
+                        # steps were removed from the class) still ends the saga.
+                        await self._write({"status": WorkflowStatus.COMPLETED.value, "stuck_after": None})
                     return failure
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(done, key=lambda t: running[t].position):
@@ -221,8 +228,7 @@ class SagaExecutor:
                                         describe_exception(outcome.error),
                                         extra={"saga_id": self.saga_id, "step": s.name})
         finally:
-            for task in running:
-                task.cancel()
+            await _cancel(running)
 
     async def _run_step(self, s: StepDefinition) -> AttemptOutcome:
         where = f"{self.where_cls}.{s.name}"
@@ -242,6 +248,7 @@ class SagaExecutor:
         complete = finishing and all(st == StepStatus.COMPLETED for st in self.status.values())
         workflow: dict[str, Any] = {"current_step": s.name}
         if complete:
+            self._completion_written = True
             # The last step and the saga's completion share one commit.
             workflow.update(status=WorkflowStatus.COMPLETED.value, stuck_after=None)
         await self._write(workflow, {s.name: {
@@ -362,8 +369,7 @@ class SagaExecutor:
                                        step_values["compensation_error"],
                                        extra={"saga_id": self.saga_id, "step": name})
         finally:
-            for task in running:
-                task.cancel()
+            await _cancel(running)
         return first_error, first_cause
 
     async def _compensate(self, name: str) -> AttemptOutcome:
@@ -381,3 +387,12 @@ class SagaExecutor:
             timeout=policy.timeout, budget=None, clock=self.clock, pool=self.pool,
             emitter=self.emitter, phase="compensation",
         )
+
+
+async def _cancel(running: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel steps still running when the executor stops, and let them finish cancelling."""
+    tasks = [task for task in running if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)

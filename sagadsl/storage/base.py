@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Collection, Iterable, Protocol, Sequence, runtime_checkable
 
 from ..records import QueryResult, WorkflowRecord
 from ..status import StepStatus, WorkflowStatus
@@ -147,8 +147,12 @@ class Storage(Protocol):
         """
         ...
 
-    def recoverable(self, now: datetime, limit: int) -> list[str]:
-        """Ids of active sagas that may have no live executor, oldest first."""
+    def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
+        """Ids of active sagas that may have no live executor, oldest first.
+
+        ``exclude`` lists ids the caller does not want (it runs them, or it
+        set them aside), so that they never crowd out the others.
+        """
         ...
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from ..errors import (
     InvalidStateError,
@@ -89,11 +89,11 @@ class InMemoryStorage:
                      started_at=now, updated_at=now, stuck_after=now)
             return int(v["retry_count"])
 
-    def recoverable(self, now: datetime, limit: int) -> list[str]:
+    def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
         with self._guard:
             active = [r.values for r in self._rows.values()
                       if r.values["status"] in {s.value for s in ACTIVE_STATUSES}
-                      and r.values["id"] not in self._claims]
+                      and r.values["id"] not in self._claims and r.values["id"] not in exclude]
             active.sort(key=lambda v: v["updated_at"])
             return [v["id"] for v in active[:limit]]
 

@@ -12,13 +12,13 @@ import logging
 import re
 import time
 from datetime import datetime, timedelta
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Collection, Sequence, TypeVar
 
 from sqlalchemy import (BigInteger, Integer, Text, and_, bindparam, delete, event, func, insert, literal, or_,
                         select, true, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy import create_engine
 from sqlalchemy.sql import Executable, Select
 
@@ -30,7 +30,7 @@ from ..errors import (
     StorageError,
 )
 from ..limits import MAX_EXECUTION_DURATION
-from ..locks import advisory_key, owner_is_dead, owner_token
+from ..locks import advisory_key, claim_is_free, owner_token
 from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
 from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
 from .base import Change, NewWorkflow, QueryFilter
@@ -158,10 +158,12 @@ class SqlStorage:
         """The PostgreSQL advisory lock key that claims ``saga_id`` in this storage."""
         return advisory_lock_key(saga_id, self.schema)
 
-    def recoverable(self, now: datetime, limit: int) -> list[str]:
+    def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
         stmt = (select(wf_table.c.id, wf_table.c.owner, wf_table.c.lease_expires_at)
                 .where(wf_table.c.status.in_([s.value for s in ACTIVE_STATUSES]))
                 .order_by(wf_table.c.updated_at).limit(limit * 4))
+        if exclude:
+            stmt = stmt.where(wf_table.c.id.not_in(list(exclude)))
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
             if self.advisory:
@@ -169,9 +171,7 @@ class SqlStorage:
         if self.advisory:
             free = [r.id for r in rows if self.lock_key(r.id) not in held]
         else:
-            free = [r.id for r in rows
-                    if r.owner is None or (r.lease_expires_at is not None and r.lease_expires_at < now)
-                    or owner_is_dead(r.owner)]
+            free = [r.id for r in rows if claim_is_free(r.owner, r.lease_expires_at, now)]
         return free[:limit]
 
     # -- operator actions ---------------------------------------------------
@@ -255,7 +255,9 @@ _UPDATE_STEP = update(steps_table).where(steps_table.c.workflow_id == bindparam(
                                          steps_table.c.name == bindparam("s_name"))
 _INSERT_STEPS = insert(steps_table)
 _TRY_ADVISORY_LOCK = select(func.pg_try_advisory_lock(bindparam("key", type_=BigInteger)))
-_ADVISORY_UNLOCK = select(func.pg_advisory_unlock(bindparam("key", type_=BigInteger)))
+# The pinned connection drove this one saga: releasing every session lock it
+# holds also undoes a lock taken twice, which pg_advisory_unlock would not.
+_ADVISORY_UNLOCK = select(func.pg_advisory_unlock_all())
 
 
 @functools.lru_cache(maxsize=64)
@@ -392,7 +394,10 @@ def _held_advisory_keys(conn: Connection) -> set[int]:
 
 
 def _is_disconnect(exc: BaseException) -> bool:
-    return isinstance(exc, DBAPIError) and (exc.connection_invalidated or isinstance(exc, OperationalError))
+    # Only a lost connection is retried. Lock or statement timeouts, deadlocks
+    # and serialization failures are OperationalErrors on a live connection
+    # that still holds the claim: they propagate, and the saga stays resumable.
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 class SqlSession:
@@ -484,7 +489,7 @@ class SqlSession:
         row = conn.execute(select(wf_table.c.owner, wf_table.c.lease_expires_at)
                            .where(wf_table.c.id == self._saga_id)).one()
         owner, expires = row.owner, row.lease_expires_at
-        free = owner is None or (expires is not None and expires < now) or owner_is_dead(owner)
+        free = claim_is_free(owner, expires, now)
         if not free:
             raise self._locked(f"owner {owner}, lease until {expires.isoformat() if expires else '?'}")
         if owner is not None:
@@ -504,27 +509,34 @@ class SqlSession:
         while True:
             try:
                 conn = self._connection()
-                if replay and self._landed(conn, expected):
-                    break
-                self._write_once(conn, change, expected)
-                break
-            except SagaLockedError:
-                raise
             except DBAPIError as exc:
-                if not _is_disconnect(exc) or time.monotonic() > deadline:
-                    if _is_disconnect(exc):
+                failure: DBAPIError = exc  # cannot reach the server (yet): keep trying
+            else:
+                try:
+                    if replay and self._landed(conn, expected):
+                        break
+                    self._write_once(conn, change, expected)
+                    break
+                except DBAPIError as exc:
+                    if not _is_disconnect(exc):
                         raise StorageError(
-                            f"lost the connection to {self._storage.url} while saving saga "
-                            f"{self._saga_id!r} and could not reconnect within "
-                            f"{self._storage.reconnect_timeout:.0f}s; the saga stays resumable",
-                            saga_id=self._saga_id) from exc
-                    raise
+                            f"saving saga {self._saga_id!r} to {self._storage.url} failed: "
+                            f"{type(exc.orig).__name__}: {str(exc.orig).strip()}; nothing was written "
+                            "by this commit and the saga stays resumable", saga_id=self._saga_id) from exc
+                    failure = exc
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"lost the connection to {self._storage.url} while saving saga "
+                    f"{self._saga_id!r} and could not reconnect within "
+                    f"{self._storage.reconnect_timeout:.0f}s; the saga stays resumable",
+                    saga_id=self._saga_id) from failure
+            if not replay:
                 logger.warning("connection lost while saving saga %s; reconnecting", self._saga_id,
                                extra={"saga_id": self._saga_id})
-                self._advisory_held = False
-                replay = True
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            self._advisory_held = False
+            replay = True
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
         self._version = expected + 1
         if change.workflow.get("status") in _TERMINAL_VALUES:
             self._lease_held = False  # cleared by the final write itself
@@ -597,7 +609,7 @@ class SqlSession:
                 if conn.in_transaction():
                     conn.rollback()
                 conn.execution_options(isolation_level="AUTOCOMMIT")
-                conn.execute(_ADVISORY_UNLOCK, {"key": self._lock_key})
+                conn.execute(_ADVISORY_UNLOCK)
         except DBAPIError:
             # The claim dies with the connection: invalidate it rather than pool it.
             conn.invalidate()

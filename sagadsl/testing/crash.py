@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Collection, Literal, Sequence
 
 from ..engine import SagaEngine
 from ..errors import SagaError
@@ -164,8 +164,8 @@ class CrashingStorage:
     def retry(self, saga_id: str, now: datetime, max_retries: int) -> int:
         return self.inner.retry(saga_id, now, max_retries)
 
-    def recoverable(self, now: datetime, limit: int) -> list[str]:
-        return self.inner.recoverable(now, limit)
+    def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
+        return self.inner.recoverable(now, limit, exclude)
 
     def close(self) -> None:
         self.inner.close()
