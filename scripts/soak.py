@@ -28,12 +28,15 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--kill-every", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"),
+                        help="seconds between SIGKILLs of a random worker (default 0.5 1.5)")
     args = parser.parse_args()
 
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn()) as progress:
         task = progress.add_task("sagas finished", total=args.sagas)
         torture = Torture(sagas=args.sagas, workers=args.workers, minutes=args.minutes, seed=args.seed,
+                          kill_every=tuple(args.kill_every),
                           progress=lambda done, total: progress.update(task, completed=done))
         report = torture.run()
     print(report.summary())

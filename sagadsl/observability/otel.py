@@ -299,6 +299,11 @@ class OpenTelemetryEvents:
             self._record_duration(execution, event.step, phase, "retried", earlier)
             self._retries.add(1, {"saga.name": execution.saga_name, "saga.step": event.step,
                                   "saga.phase": phase})
+        if not execution.span.is_recording():
+            # Tracing is off (no SDK configured, or the saga was not sampled):
+            # keep only what the metrics need, and skip span and context work.
+            execution.attempts[key] = _Attempt(trace.INVALID_SPAN, time.perf_counter(), None, None)
+            return
         attributes: dict[str, str | int] = {
             "saga.id": event.saga_id, "saga.name": event.saga_name, "saga.step": event.step,
             "saga.phase": phase, "saga.attempt": event.attempt or 1,
