@@ -195,7 +195,12 @@ class SagaEngine:
         if loop is None or loop.is_closed():
             loop = asyncio.new_event_loop()
             _loops.loop = loop
-        return loop.run_until_complete(coro)
+        try:
+            return loop.run_until_complete(coro)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                _discard_loop(loop)
+            raise
 
     def _prepare(self, saga_cls: type[Saga[Any]], input: Any, saga_id: Any,
                  idempotency_key: Any) -> tuple[NewWorkflow, Saga[Any]]:
@@ -426,6 +431,27 @@ class SagaEngine:
 
     def __repr__(self) -> str:
         return f"SagaEngine({self.storage!r})"
+
+
+def _discard_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Wind down a thread's loop after a KeyboardInterrupt or SystemExit went through it.
+
+    asyncio lets those leave ``run_until_complete`` while the saga's coroutine
+    is still suspended. Cancelling what is left runs its ``finally`` blocks
+    (the storage session closes, releasing the claim) now, instead of in the
+    middle of the next ``run`` on this thread.
+    """
+    _loops.loop = None
+    try:
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    except BaseException:
+        logger.warning("could not wind down an interrupted saga cleanly", exc_info=True)
+    finally:
+        loop.close()
 
 
 async def _inline(fn: Callable[[], T]) -> T:

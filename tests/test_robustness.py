@@ -304,3 +304,23 @@ def test_a_lock_timeout_on_a_commit_leaves_the_saga_resumable_and_unclaimed(
     finally:
         engine.close()
         blocker.dispose()
+
+
+# -- KeyboardInterrupt in a step ------------------------------------------------------------
+
+
+class Interrupted(Saga[Order], name="tests.robustness.interrupted"):
+    @step(idempotency_key="a-{order_id}")
+    async def a(self) -> str:
+        if not flaky.get("calm"):
+            raise KeyboardInterrupt
+        return "A"
+
+
+def test_a_keyboard_interrupt_in_a_step_releases_the_claim_before_it_propagates(engine: SagaEngine) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(Interrupted, Order("o-1"), saga_id="o-1", idempotency_key="k")
+    flaky["calm"] = 1
+    # The same thread runs the saga again at once: nothing of the interrupted
+    # run is left holding the saga or waiting to resume on this thread's loop.
+    assert engine.run(Interrupted, Order("o-1"), saga_id="o-1", idempotency_key="k").results == {"a": "A"}
