@@ -29,8 +29,8 @@ from sagadsl.storage.schema import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"sagadsl_workflows", "sagadsl_steps"}
-HEAD = "sagadsl_0001"
+TABLES = {"sagadsl_workflows", "sagadsl_steps", "sagadsl_status_counts"}
+HEAD = "sagadsl_0002"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -148,6 +148,7 @@ class TestAlembicCommandLine:
         done = _alembic("upgrade", "head", url=url)
         assert done.returncode == 0, done.stderr
         assert "Running upgrade  -> sagadsl_0001" in done.stderr
+        assert "Running upgrade sagadsl_0001 -> sagadsl_0002" in done.stderr
         engine = create_engine(url)
         try:
             assert _revision(engine, None) == HEAD

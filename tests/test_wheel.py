@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, inspect, text
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "sagadsl_0001"
+HEAD = "sagadsl_0002"
 
 
 def _run(*args: str | Path, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, DateTime, ForeignKeyConstraint, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKeyConstraint, Index, Integer, MetaData, String,
+                        Table, Text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "WorkflowRow", "StepRow", "UTCDateTime", "JSONDocument", "metadata"]
+__all__ = ["Base", "WorkflowRow", "StepRow", "StatusCountRow", "UTCDateTime", "JSONDocument", "metadata"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -125,5 +126,21 @@ class StepRow(Base):
     )
 
 
+class StatusCountRow(Base):
+    """How many sagas are in a status, spread over shard rows.
+
+    Maintained by database triggers on ``sagadsl_workflows`` (see migration
+    ``sagadsl_0002``), so ``count`` stays O(1) at any table size and exact
+    whatever writes the workflows table.
+    """
+
+    __tablename__ = "sagadsl_status_counts"
+
+    status: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 workflows: Table = WorkflowRow.__table__  # type: ignore[assignment]
 steps: Table = StepRow.__table__  # type: ignore[assignment]
+status_counts: Table = StatusCountRow.__table__  # type: ignore[assignment]

@@ -34,6 +34,7 @@ from ..locks import advisory_key, claim_is_free, owner_token
 from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
 from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
 from .base import Change, NewWorkflow, QueryFilter
+from .models import status_counts as counts_table
 from .models import steps as steps_table
 from .models import workflows as wf_table
 from .schema import check_schema, migrate, validate_schema_name
@@ -134,22 +135,24 @@ class SqlStorage:
         page = (select(wf_table).where(*conditions)
                 .order_by(wf_table.c.created_at.desc(), wf_table.c.id.desc())
                 .offset(flt.offset).limit(flt.limit))
-        total = select(func.count()).select_from(wf_table).where(*conditions)
+        if _only_statuses(flt):
+            # The trigger-kept counts answer at any table size.
+            total = _counted(flt.statuses)
+        else:
+            total = select(func.count()).select_from(wf_table).where(*conditions)
         with self.engine.connect() as conn:
             rows = conn.execute(page).mappings().all()
-            count = conn.execute(total).scalar_one()
+            count = int(conn.execute(total).scalar_one())
             step_rows = _steps_for(conn, [r["id"] for r in rows])
         return QueryResult(workflows=[_record(r, step_rows.get(r["id"], [])) for r in rows], total=count)
 
     def count(self, statuses: Sequence[WorkflowStatus]) -> int:
-        stmt = select(func.count()).select_from(wf_table)
-        if statuses:
-            stmt = stmt.where(wf_table.c.status.in_([str(s.value) for s in statuses]))
         with self.engine.connect() as conn:
-            return int(conn.execute(stmt).scalar_one())
+            return int(conn.execute(_counted(statuses)).scalar_one())
 
     def count_by_status(self) -> dict[WorkflowStatus, int]:
-        stmt = select(wf_table.c.status, func.count()).group_by(wf_table.c.status)
+        stmt = (select(counts_table.c.status, func.sum(counts_table.c.n))
+                .group_by(counts_table.c.status))
         with self.engine.connect() as conn:
             counts = {WorkflowStatus(status): int(n) for status, n in conn.execute(stmt)}
         return {status: counts.get(status, 0) for status in WorkflowStatus}
@@ -329,6 +332,20 @@ def _conditions(flt: QueryFilter) -> list[Any]:
         conditions.append(c.status.in_([s.value for s in ACTIVE_STATUSES]))
         conditions.append(c.stuck_after < flt.stuck_at)
     return conditions
+
+
+def _only_statuses(flt: QueryFilter) -> bool:
+    """Whether a filter selects by status alone (or not at all)."""
+    return not (flt.saga_name or flt.created_after or flt.created_before or flt.updated_after
+                or flt.updated_before or flt.stuck_at)
+
+
+def _counted(statuses: Sequence[WorkflowStatus]) -> Any:
+    """How many sagas have one of ``statuses`` (all if empty), from the kept counts."""
+    stmt = select(func.coalesce(func.sum(counts_table.c.n), 0))
+    if statuses:
+        stmt = stmt.where(counts_table.c.status.in_([s.value for s in statuses]))
+    return stmt
 
 
 def _steps_for(conn: Connection, ids: list[str]) -> dict[str, list[Any]]:
