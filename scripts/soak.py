@@ -12,6 +12,7 @@ Exits 1 if any check fails.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"),
                         help="seconds between SIGKILLs of a random worker (default 0.5 1.5)")
     args = parser.parse_args()
+    # Stopped with SIGTERM, still stop the workers and remove the throwaway cluster.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn()) as progress:

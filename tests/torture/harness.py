@@ -89,8 +89,13 @@ class Torture:
             cluster.stop()
 
     def _spawn(self, url: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "tests.torture.worker", url, "4"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        logs = os.environ.get("SAGADSL_TORTURE_LOGS")  # a folder for the workers' stderr, when debugging
+        if not logs:
+            return subprocess.Popen([sys.executable, "-m", "tests.torture.worker", url, "4"], cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(Path(logs) / "workers.log", "ab") as stderr:
+            return subprocess.Popen([sys.executable, "-m", "tests.torture.worker", url, "4"], cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=stderr)
 
     def _terminal(self, url: str) -> int:
         with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=5) as c:

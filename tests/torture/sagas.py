@@ -54,6 +54,19 @@ def _ledger(url: str) -> psycopg.Connection[Any]:
 
 
 def _write(plan: Plan, key: str, step_name: str, kind: str) -> None:
+    """Record one effect, riding out a server restart as a client library with retries would."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _write_once(plan, key, step_name, kind)
+            return
+        except DB_ERRORS:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _write_once(plan: Plan, key: str, step_name: str, kind: str) -> None:
     try:
         conn = _ledger(plan.ledger_url)
         with conn.transaction():
@@ -81,9 +94,11 @@ def _make_step(index: int) -> Callable[..., Any]:
         return index
 
     run.__name__ = run.__qualname__ = name
+    # Short policies: the ledger write rides out outages itself, so a planned
+    # compensation failure reaches dead letter quickly, before the next kill.
     return step(idempotency_key=f"{{saga_id}}-{name}",
-                retry=RetryPolicy(max_attempts=8, backoff=0.1, max_backoff=1.0, retry_on=DB_ERRORS),
-                compensation=CompensationPolicy(max_attempts=8, backoff=0.05, max_backoff=1.0))(run)
+                retry=RetryPolicy(max_attempts=3, backoff=0.1, retry_on=DB_ERRORS),
+                compensation=CompensationPolicy(max_attempts=3, backoff=0.05, max_backoff=0.2))(run)
 
 
 def _make_compensation(index: int) -> Callable[..., Any]:
