@@ -118,3 +118,24 @@ def test_truncate_resets_the_counts(pg_schema: tuple[str, str]) -> None:
         assert engine.count() == 0
     finally:
         engine.close()
+
+
+def test_a_bulk_load_without_triggers_is_recounted(durable_url: tuple[str, str | None]) -> None:
+    from sagadsl.storage.schema import recount_statuses
+
+    url, schema = durable_url
+    engine = SagaEngine(SqlStorage(url, schema=schema))
+    try:
+        engine.run(Counted, Job("ok"), saga_id="ok", idempotency_key="k")
+        engine.submit(Counted, Job("queued"), saga_id="queued", idempotency_key="k")
+        outside = create_engine(url)
+        table = f'"{schema}".sagadsl_workflows' if schema else "sagadsl_workflows"
+        with outside.begin() as conn:
+            conn.execute(text(f"DELETE FROM {table} WHERE id = 'queued'"))
+            conn.execute(text(f"UPDATE sagadsl_status_counts SET n = 99") if schema is None else
+                         text(f'UPDATE "{schema}".sagadsl_status_counts SET n = 99'))
+            recount_statuses(conn, schema)
+        outside.dispose()
+        assert kept(engine) == scanned(url, schema) == {"completed": 1}
+    finally:
+        engine.close()

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from ..errors import SchemaOutOfDateError
 
 __all__ = ["migrate", "migrations_dir", "head_revision", "current_revision", "check_schema",
-           "validate_schema_name", "VERSION_TABLE", "HOST_VERSION_TABLE"]
+           "validate_schema_name", "recount_statuses", "VERSION_TABLE", "HOST_VERSION_TABLE"]
 
 VERSION_TABLE = "sagadsl_alembic_version"
 #: Where a project that includes sagadsl's history in its own keeps its revisions.
@@ -200,3 +200,27 @@ def check_schema(connection: Connection, schema: str | None = None) -> None:
                                    "sagadsl migrated it: upgrade the sagadsl package")
     raise SchemaOutOfDateError(f"the sagadsl schema in {where} is at revision {current}, this version of "
                                f"sagadsl needs {head}; {_upgrade_command(schema)}")
+
+
+def recount_statuses(connection: Connection, schema: str | None = None) -> None:
+    """Recompute ``sagadsl_status_counts`` from the workflows table.
+
+    The counts are kept by row triggers. A bulk load of many sagas in one
+    transaction updates the same counter rows over and over, which is slow;
+    disable the triggers for such a load (``ALTER TABLE sagadsl_workflows
+    DISABLE TRIGGER USER``), enable them again, then call this in the same
+    transaction.
+    """
+    validate_schema_name(schema)
+    prefix = f'"{schema}".' if schema else ""
+    counts, workflows = f"{prefix}sagadsl_status_counts", f"{prefix}sagadsl_workflows"
+    connection.exec_driver_sql(f"UPDATE {counts} SET n = 0")
+    if connection.dialect.name == "postgresql":
+        shard = "(hashtext(w.id) & 63)"
+        connection.exec_driver_sql(
+            f"UPDATE {counts} AS c SET n = t.n FROM (SELECT status, {shard} AS shard, count(*) AS n "
+            f"FROM {workflows} AS w GROUP BY 1, 2) AS t WHERE c.status = t.status AND c.shard = t.shard")
+    else:
+        connection.exec_driver_sql(
+            f"UPDATE {counts} SET n = (SELECT count(*) FROM {workflows} AS w "
+            f"WHERE w.status = {counts}.status) WHERE shard = 0")
