@@ -12,15 +12,14 @@ import logging
 import re
 import time
 from datetime import datetime, timedelta
-from typing import Any, Callable, Collection, Sequence, TypeVar
+from typing import Any, Collection, Sequence, TypeVar
 
-from sqlalchemy import (BigInteger, Integer, Text, and_, bindparam, delete, event, func, insert, literal, or_,
-                        select, true, update)
+from sqlalchemy import (BigInteger, Integer, Text, bindparam, create_engine, delete, event, func, insert,
+                        literal, select, true, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy import create_engine
-from sqlalchemy.sql import Executable, Select
+from sqlalchemy.sql import Executable
 
 from ..errors import (
     InvalidStateError,
