@@ -181,8 +181,8 @@ class Proxy:
             hide_password=False)
         self._sockets: list[socket.socket] = []
         self._muted: set[socket.socket] = set()
-        self._lose_next_commit_ack = False
-        #: Server answers dropped by lose_next_commit_ack().
+        self._lose_next_answer = False
+        #: Server answers dropped by lose_next_answer().
         self.lost_answers: list[bytes] = []
         self._lock = threading.Lock()
         self._open = True
@@ -205,9 +205,10 @@ class Proxy:
     def _upstream(self, client: socket.socket, server: socket.socket) -> None:
         try:
             while data := client.recv(65536):
-                # A simple-protocol COMMIT (psycopg's conn.commit()).
-                if self._lose_next_commit_ack and b"COMMIT\x00" in data:
-                    self._lose_next_commit_ack = False
+                # A statement ends with Sync (extended protocol) or is one
+                # Query message (simple protocol).
+                if self._lose_next_answer and (data.endswith(_SYNC) or data.startswith(b"Q")):
+                    self._lose_next_answer = False
                     self._muted.add(server)
                 server.sendall(data)
         except OSError:
@@ -225,9 +226,9 @@ class Proxy:
             pass
         _hang_up(server, client)
 
-    def lose_next_commit_ack(self) -> None:
-        """Let the next COMMIT reach the server, then drop the connection before its answer."""
-        self._lose_next_commit_ack = True
+    def lose_next_answer(self) -> None:
+        """Let the next statement reach the server, then drop the connection before its answer."""
+        self._lose_next_answer = True
 
     def cut(self) -> None:
         """Drop every relayed connection and refuse new ones."""
@@ -237,6 +238,9 @@ class Proxy:
             for s in self._sockets:
                 _hang_up(s)
                 s.close()
+
+
+_SYNC = b"S\x00\x00\x00\x04"
 
 
 def _hang_up(*sockets: socket.socket) -> None:
@@ -257,16 +261,18 @@ def proxy(installed: tuple[str, str]) -> Iterator[Proxy]:
 def test_a_commit_that_landed_before_its_answer_was_lost_is_not_repeated(
         installed: tuple[str, str], proxy: Proxy, caplog: pytest.LogCaptureFixture) -> None:
     url, schema = installed
-    hooks["b"] = lambda job, saga_id: proxy.lose_next_commit_ack()
+    # The next statement after step b's body is b's commit, a single
+    # statement in autocommit mode: committed once the server has run it.
+    hooks["b"] = lambda job, saga_id: proxy.lose_next_answer()
     engine = SagaEngine(SqlStorage(proxy.url, schema=schema))
     try:
         result = engine.run(Transferring, Transfer("t-5", url, schema), saga_id="t-5", idempotency_key="k-5")
     finally:
         engine.close()
-    # The server committed (its CommandComplete "COMMIT" was dropped). Replaying
+    # The server committed (its CommandComplete "UPDATE 1" was dropped). Replaying
     # b's commit would have hit the version fence and stopped the executor; it
     # saw the commit had landed and went on with c.
-    assert len(proxy.lost_answers) == 1 and b"COMMIT\x00" in proxy.lost_answers[0]
+    assert len(proxy.lost_answers) == 1 and b"UPDATE 1\x00" in proxy.lost_answers[0]
     assert "connection lost while saving saga t-5; reconnecting" in caplog.messages
     assert result.results == {"a": "a-done", "b": "b-done", "c": "c-done"}
     assert ran == ["a", "b", "c"]

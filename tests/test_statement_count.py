@@ -59,12 +59,21 @@ HundredSteps: type[Saga[Parcel]] = types.new_class(
 _ADVISORY_CALL = re.compile(r"^\s*SELECT\s+pg_(try_)?advisory_(un)?lock(_all)?\(", re.IGNORECASE)
 
 
+_WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)
+
+
 class Traffic:
-    """Statements and commits seen on one storage's engine."""
+    """Statements and commits seen on one storage's engine.
+
+    A commit is a transaction that wrote: a COMMIT after writes, or a write
+    statement run in autocommit mode, which is its own transaction.
+    """
 
     def __init__(self) -> None:
         self.statements: list[str] = []
         self.commits = 0
+        #: Commits that were a single statement in autocommit mode.
+        self.single_statement_commits = 0
 
     def reads(self) -> list[str]:
         return [s for s in self.statements
@@ -92,15 +101,26 @@ def traffic(storage: SqlStorage) -> Iterator[Traffic]:
 
     def on_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         seen.statements.append(statement)
+        if _WRITE.match(statement):
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                seen.commits += 1
+                seen.single_statement_commits += 1
+            else:
+                conn.info["sagadsl_test_wrote"] = True
 
     def on_commit(conn: Any) -> None:
-        seen.commits += 1
+        if conn.info.pop("sagadsl_test_wrote", False):
+            seen.commits += 1
 
-    event.listen(storage.engine, "before_cursor_execute", on_execute)
-    event.listen(storage.engine, "commit", on_commit)
+    def on_rollback(conn: Any) -> None:
+        conn.info.pop("sagadsl_test_wrote", None)
+
+    listeners = [("before_cursor_execute", on_execute), ("commit", on_commit), ("rollback", on_rollback)]
+    for name, fn in listeners:
+        event.listen(storage.engine, name, fn)
     yield seen
-    event.remove(storage.engine, "before_cursor_execute", on_execute)
-    event.remove(storage.engine, "commit", on_commit)
+    for name, fn in listeners:
+        event.remove(storage.engine, name, fn)
 
 
 def test_a_three_step_saga_costs_four_commits(engine: SagaEngine, traffic: Traffic) -> None:
@@ -108,6 +128,15 @@ def test_a_three_step_saga_costs_four_commits(engine: SagaEngine, traffic: Traff
 
     assert result.status == "completed"
     assert traffic.commits == 4, "\n".join(traffic.statements)
+
+
+@pytest.mark.parametrize("durable_backend", ["postgres"])
+def test_on_postgresql_each_commit_is_one_statement(engine: SagaEngine, traffic: Traffic) -> None:
+    engine.run(Ship, Parcel("p-1"), saga_id="p-1", idempotency_key="p-1")
+
+    # Claim, create, three step commits, release: no BEGIN or COMMIT round trips.
+    assert traffic.single_statement_commits == 4
+    assert len(traffic.statements) == 6, "\n".join(traffic.statements)
 
 
 def test_a_three_step_saga_reads_nothing(engine: SagaEngine, traffic: Traffic) -> None:

@@ -7,12 +7,13 @@ an executor that lost its claim cannot overwrite a newer state.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
 import time
 from datetime import datetime, timedelta
-from typing import Any, Collection, Sequence, TypeVar
+from typing import Any, Collection, Iterator, Sequence, TypeVar
 
 from sqlalchemy import (BigInteger, Integer, Text, bindparam, create_engine, delete, event, func, insert,
                         literal, select, true, update)
@@ -426,6 +427,7 @@ class SqlSession:
         self._token = owner_token()
         self._advisory_held = False
         self._lease_held = False
+        self._autocommit = False
         self._version = 0
         self._insert_workflow = _INSERT_WORKFLOW.get(storage.dialect)
         self._lock_key = storage.lock_key(saga_id)
@@ -437,7 +439,27 @@ class SqlSession:
             if self._conn is not None:
                 self._conn.close()
             self._conn = self._storage.engine.connect()
+            self._autocommit = False
         return self._conn
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: Connection, *, one_statement: bool = False) -> Iterator[None]:
+        """A transaction on the pinned connection.
+
+        On PostgreSQL a transaction of ``one_statement`` runs in autocommit
+        mode: the statement is its own transaction, atomic and durable when
+        its answer arrives, and the BEGIN and COMMIT round trips are saved
+        (one round trip per commit instead of three). A transaction of
+        several statements gets BEGIN and COMMIT as usual.
+        """
+        autocommit = one_statement and self._storage.advisory
+        if autocommit != self._autocommit:
+            # Only the client's mode changes (psycopg sends nothing); the pool
+            # restores the default isolation level when the connection returns.
+            conn.execution_options(isolation_level="AUTOCOMMIT" if autocommit else conn.default_isolation_level)
+            self._autocommit = autocommit
+        with conn.begin():
+            yield
 
     def _try_advisory(self, conn: Connection) -> bool:
         got = conn.execute(_TRY_ADVISORY_LOCK, {"key": self._lock_key}).scalar_one()
@@ -454,11 +476,20 @@ class SqlSession:
     def begin(self, new: NewWorkflow | None, *, saga_id: str, claim: bool,
               now: datetime) -> WorkflowRecord | None:
         conn = self._connection()
-        with conn.begin():
-            if claim and self._storage.advisory:
-                if not self._try_advisory(conn):
-                    raise self._locked()
+        if self._storage.advisory:
+            if claim:
+                with self._transaction(conn, one_statement=True):
+                    if not self._try_advisory(conn):
+                        raise self._locked()
                 self._advisory_held = True
+            if new is not None and new.steps:
+                with self._transaction(conn, one_statement=True):
+                    created = self._insert_new(conn, new, claim)
+                if created:
+                    self._version = 0
+                    return None
+                new = None  # it exists: load it below
+        with self._transaction(conn):
             if new is not None and self._insert_new(conn, new, claim):
                 self._lease_held = claim and not self._storage.advisory
                 self._version = 0
@@ -559,7 +590,7 @@ class SqlSession:
 
     def _landed(self, conn: Connection, expected: int) -> bool:
         """After a reconnect: re-claim, then tell whether the lost commit landed."""
-        with conn.begin():
+        with self._transaction(conn):
             if self._storage.advisory:
                 if not self._try_advisory(conn):
                     raise self._locked("it was taken over while this executor was disconnected")
@@ -579,22 +610,14 @@ class SqlSession:
                 values["lease_expires_at"] = None
             else:
                 values["lease_expires_at"] = values["updated_at"] + LEASE_DURATION
-        with conn.begin():
-            if (self._storage.dialect == "postgresql" and len(change.steps) == 1
-                    and not change.new_steps and not change.removed_steps):
-                # The common step commit. Its step row exists: every step row
-                # is inserted with the saga (or by the change that adds it).
-                ((name, step_values),) = change.steps.items()
-                params = {f"w_{c}": v for c, v in values.items()}
-                params.update({f"s_{c}": v for c, v in step_values.items()})
-                params.update(w_id=self._saga_id, w_expected=expected, s_name=name)
-                stmt = _update_workflow_and_step(tuple(values), tuple(step_values))
-                if conn.execute(stmt, params).rowcount != 1:
-                    raise self._locked("its stored state moved on; this executor stops")
-                return
-            result = conn.execute(_UPDATE_WORKFLOW, dict(values, w_id=self._saga_id, w_expected=expected))
-            if result.rowcount != 1:
-                raise self._locked("its stored state moved on; this executor stops")
+        if self._storage.dialect == "postgresql" and len(change.steps) <= 1 and not (
+                change.new_steps or change.removed_steps):
+            # The common commits: one step and the saga row, or the saga row alone.
+            with self._transaction(conn, one_statement=True):
+                self._write_one_statement(conn, change, values, expected)
+            return
+        with self._transaction(conn):
+            self._update_workflow(conn, values, expected)
             for name, step_values in change.steps.items():
                 conn.execute(_UPDATE_STEP, dict(step_values, s_workflow_id=self._saga_id, s_name=name))
             if change.new_steps:
@@ -606,6 +629,26 @@ class SqlSession:
             if change.removed_steps:
                 conn.execute(delete(steps_table).where(steps_table.c.workflow_id == self._saga_id,
                                                        steps_table.c.name.in_(change.removed_steps)))
+
+    def _write_one_statement(self, conn: Connection, change: Change, values: dict[str, Any],
+                             expected: int) -> None:
+        if not change.steps:
+            self._update_workflow(conn, values, expected)
+            return
+        # A step row always exists: every step row is inserted with the saga
+        # (or by the change that adds it).
+        ((name, step_values),) = change.steps.items()
+        params = {f"w_{c}": v for c, v in values.items()}
+        params.update({f"s_{c}": v for c, v in step_values.items()})
+        params.update(w_id=self._saga_id, w_expected=expected, s_name=name)
+        stmt = _update_workflow_and_step(tuple(values), tuple(step_values))
+        if conn.execute(stmt, params).rowcount != 1:
+            raise self._locked("its stored state moved on; this executor stops")
+
+    def _update_workflow(self, conn: Connection, values: dict[str, Any], expected: int) -> None:
+        result = conn.execute(_UPDATE_WORKFLOW, dict(values, w_id=self._saga_id, w_expected=expected))
+        if result.rowcount != 1:
+            raise self._locked("its stored state moved on; this executor stops")
 
     def close(self) -> None:
         conn = self._conn
@@ -620,12 +663,11 @@ class SqlSession:
                                  .values(owner=None, lease_expires_at=None))
             if self._advisory_held and not conn.invalidated:
                 # A session lock is not transactional: release it outside any
-                # transaction, one round trip instead of BEGIN, unlock and
-                # ROLLBACK. The pool restores the isolation level on check-in.
+                # transaction, in one round trip.
                 if conn.in_transaction():
                     conn.rollback()
-                conn.execution_options(isolation_level="AUTOCOMMIT")
-                conn.execute(_ADVISORY_UNLOCK)
+                with self._transaction(conn, one_statement=True):
+                    conn.execute(_ADVISORY_UNLOCK)
         except DBAPIError:
             # The claim dies with the connection: invalidate it rather than pool it.
             conn.invalidate()
