@@ -15,8 +15,8 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, Collection, Iterator, Sequence, TypeVar
 
-from sqlalchemy import (BigInteger, Integer, Text, bindparam, create_engine, delete, event, func, insert,
-                        literal, select, true, update)
+from sqlalchemy import (BigInteger, Integer, Text, bindparam, create_engine, delete, event, exists, func,
+                        insert, literal, select, true, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
@@ -268,8 +268,14 @@ def _update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: t
     """One PostgreSQL statement that updates the saga row and one of its step rows.
 
     The saga row's UPDATE is a data-modifying CTE fenced by ``version``; the
-    step row is joined to what it returned, so the statement's rowcount is 1
-    only if the fence held. One round trip instead of two per step commit.
+    step row is updated only if that CTE returned the row, so the statement's
+    rowcount is 1 only if the fence held. One round trip instead of two per
+    step commit.
+
+    The step row is found by its whole primary key from the parameters, not
+    by joining to the CTE's output: a prepared statement's generic plan for
+    the join searched the key's second column alone, a scan that grew with
+    the table.
     """
     fenced = (update(wf_table)
               .where(wf_table.c.id == bindparam("w_id"), wf_table.c.version == bindparam("w_expected"))
@@ -277,7 +283,8 @@ def _update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: t
               .returning(wf_table.c.id)
               .cte("fenced"))
     return (update(steps_table)
-            .where(steps_table.c.workflow_id == fenced.c.id, steps_table.c.name == bindparam("s_name"))
+            .where(steps_table.c.workflow_id == bindparam("w_id"), steps_table.c.name == bindparam("s_name"),
+                   exists(select(fenced.c.id)))
             .values({c: bindparam(f"s_{c}", type_=steps_table.c[c].type) for c in step_columns}))
 
 
