@@ -53,6 +53,13 @@ class _TimedOut(Exception):
     """Our own timer ran out; a ``TimeoutError`` raised by the step itself is not this."""
 
 
+def _cancel_requested() -> bool:
+    """Whether someone asked to cancel the running task itself (Python 3.11+ can tell)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
 async def _invoke(func: Callable[..., Any], kwargs: dict[str, Any], is_async: bool,
                   timeout: float | None, pool: Executor) -> Any:
     loop = asyncio.get_running_loop()
@@ -64,19 +71,31 @@ async def _invoke(func: Callable[..., Any], kwargs: dict[str, Any], is_async: bo
         future = loop.run_in_executor(pool, functools.partial(ctx.run, func, **kwargs))
     if timeout is None:
         return await future
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        future.cancel()
+
+    # A timer beside the plain await, rather than asyncio.wait(): one handle
+    # instead of a waiter future and callbacks on every attempt.
+    timer = loop.call_later(timeout, expire)
     try:
-        done, _ = await asyncio.wait({future}, timeout=timeout)
+        value = await future
+    except asyncio.CancelledError:
+        if not expired or _cancel_requested():
+            raise
     except BaseException:
         future.cancel()
         raise
-    if future in done:
-        return future.result()
-    # An async step is cancelled and given the chance to clean up. A thread
-    # cannot be stopped: the attempt fails, the thread runs on and its
-    # eventual result is dropped.
-    future.cancel()
-    if is_async:
-        await asyncio.wait({future})
+    finally:
+        timer.cancel()
+    if not expired:
+        return value
+    # An async step was cancelled and given the chance to clean up (the
+    # await above waited for it). A thread cannot be stopped: the attempt
+    # fails, the thread runs on and its eventual result is dropped.
     raise _TimedOut()
 
 

@@ -193,14 +193,23 @@ class SagaExecutor:
         failure: _Failure | None = None
         try:
             while True:
+                ready: list[StepDefinition] = []
                 if failure is None:
                     for s in self._ready({r.name for r in running.values()}):
                         remaining = self.budget.remaining(self.clock)
                         if remaining is not None and remaining <= 0:
                             failure = _Failure(s.name, self.budget.exceeded_error(f"step {s.name!r}"))
-                            await self._record_failure(failure, attempts=0, running=bool(running))
+                            await self._record_failure(failure, attempts=0, running=bool(running or ready))
                             break
-                        running[asyncio.ensure_future(self._run_step(s))] = s
+                        ready.append(s)
+                if failure is None and len(ready) == 1 and not running:
+                    # The next step of a chain runs alone: awaited in place,
+                    # without a task of its own or a wait on a set of tasks.
+                    (s,) = ready
+                    failure = await self._settle(s, await self._run_step(s), failure, running)
+                    continue
+                for s in ready:
+                    running[asyncio.ensure_future(self._run_step(s))] = s
                 if not running:
                     if failure is None and not self._completion_written:
                         # A resume that found nothing left to run (its remaining
@@ -210,25 +219,29 @@ class SagaExecutor:
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(done, key=lambda t: running[t].position):
                     s = running.pop(task)
-                    outcome = task.result()
-                    if outcome.ok:
-                        await self._record_completion(s, outcome, finishing=not running and failure is None)
-                    else:
-                        assert outcome.error is not None
-                        await self.emitter.emit("step_failed", s.name, error=outcome.error,
-                                                attempt=outcome.attempts, idempotency_key=self.keys[s.name])
-                        if failure is None:
-                            failure = _Failure(s.name, outcome.error)
-                            await self._record_failure(failure, attempts=outcome.attempts,
-                                                       running=bool(running), outcome=outcome)
-                        else:
-                            await self._write({}, {s.name: self._failed_step_values(outcome)})
-                            self.status[s.name] = StepStatus.FAILED
-                            logger.info("saga %s step %s failed: %s", self.saga_id, s.name,
-                                        describe_exception(outcome.error),
-                                        extra={"saga_id": self.saga_id, "step": s.name})
+                    failure = await self._settle(s, task.result(), failure, running)
         finally:
             await _cancel(running)
+
+    async def _settle(self, s: StepDefinition, outcome: AttemptOutcome, failure: _Failure | None,
+                      running: dict[asyncio.Task[AttemptOutcome], StepDefinition]) -> _Failure | None:
+        """Commit how step ``s`` ended; the saga's failure so far, or the first one."""
+        if outcome.ok:
+            await self._record_completion(s, outcome, finishing=not running and failure is None)
+            return failure
+        assert outcome.error is not None
+        await self.emitter.emit("step_failed", s.name, error=outcome.error,
+                                attempt=outcome.attempts, idempotency_key=self.keys[s.name])
+        if failure is None:
+            failure = _Failure(s.name, outcome.error)
+            await self._record_failure(failure, attempts=outcome.attempts,
+                                       running=bool(running), outcome=outcome)
+            return failure
+        await self._write({}, {s.name: self._failed_step_values(outcome)})
+        self.status[s.name] = StepStatus.FAILED
+        logger.info("saga %s step %s failed: %s", self.saga_id, s.name, describe_exception(outcome.error),
+                    extra={"saga_id": self.saga_id, "step": s.name})
+        return failure
 
     async def _run_step(self, s: StepDefinition) -> AttemptOutcome:
         where = f"{self.where_cls}.{s.name}"
