@@ -111,21 +111,27 @@ def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report) -> Non
     runner = w.SagaRunner(engine)
     meter = w.PgBytes(url)
     samples: dict[str, list[float]] = {k: [] for k in (
-        "base1", "base8", "seq", "seq_async", "threads", "tasks", "hundred")}
+        "base1", "base8", "seq", "seq_cpu", "replay", "seq_async", "threads", "tasks", "hundred")}
     stored = {3: [0, 0], 100: [0, 0]}  # steps -> [bytes, steps]
     wal = {3: [0, 0], 100: [0, 0]}
+    replay = None
     try:
         w.warm_up(runner, w.ThreeSteps, w.ThreeAsyncSteps, w.HundredSteps)
+        replay = w.SqlReplay(url, engine, w.ThreeSteps)
+        replay.sequential(10)  # psycopg prepares the statements
         for r in range(1, rounds + 1):
             _log(f"PostgreSQL round {r}/{rounds}")
             samples["base1"].append(w.pg_baseline(url, 1, sizes.baseline_commits))
             before = meter.snapshot()
-            samples["seq"].append(runner.sequential(w.ThreeSteps, sizes.sequential_sagas))
+            rate, cpu = runner.sequential_with_cpu(w.ThreeSteps, sizes.sequential_sagas)
+            samples["seq"].append(rate)
+            samples["seq_cpu"].append(cpu * 1e6)
             grew, wrote = meter.delta(before)
             stored[3][0] += grew
             wal[3][0] += wrote
             stored[3][1] += 3 * sizes.sequential_sagas
             wal[3][1] += 3 * sizes.sequential_sagas
+            samples["replay"].append(replay.sequential(sizes.sequential_sagas))
             samples["seq_async"].append(runner.sequential(w.ThreeAsyncSteps, sizes.sequential_sagas))
             before = meter.snapshot()
             samples["hundred"].append(runner.sequential(w.HundredSteps, sizes.hundred_step_sagas))
@@ -138,6 +144,8 @@ def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report) -> Non
             samples["threads"].append(runner.threads(w.ThreeSteps, 8, sizes.sagas_per_thread))
             samples["tasks"].append(runner.tasks(w.ThreeSteps, 8, sizes.sagas_per_thread))
     finally:
+        if replay is not None:
+            replay.close()
         meter.close()
         engine.close()
         w.drop_pg(url)
@@ -150,6 +158,12 @@ def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report) -> Non
                             target=">= 0.60", note="ratio = sagas/s / (baseline / 4)"))
     seq.ratio = seq.median / (base1.median / 4)
     seq.passed = seq.ratio >= 0.60
+    floor = report.add(Figure("pg.saga3.statements_alone", "sagas/s", samples["replay"], baseline=base1.name,
+                              note=f"the saga's {len(replay.statements) if replay else '?'} statements "
+                                   "replayed by plain psycopg, no engine: the database's share; no target"))
+    floor.ratio = floor.median / (base1.median / 4)
+    report.add(Figure("pg.saga3.sequential_cpu_us", "us/saga", samples["seq_cpu"],
+                      note="this process's CPU per sequential saga: the engine's share; no target"))
     seq_async = report.add(Figure("pg.saga3.sequential_async_steps", "sagas/s", samples["seq_async"],
                                   baseline=base1.name, note="the same with async def steps; no target"))
     seq_async.ratio = seq_async.median / (base1.median / 4)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import psycopg
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from sagadsl import Saga, SagaEngine, compensates, migrate, step
@@ -182,11 +182,18 @@ class SagaRunner:
 
     def sequential(self, saga: type[Saga[Order]], n: int) -> float:
         """Sagas/s of ``n`` sagas run one after another in this thread."""
+        return self.sequential_with_cpu(saga, n)[0]
+
+    def sequential_with_cpu(self, saga: type[Saga[Order]], n: int) -> tuple[float, float]:
+        """Sagas/s of ``n`` sagas run one after another, and this process's CPU seconds per saga."""
         ids = self._ids(n)
+        cpu = os.times()
         started = time.perf_counter()
         for saga_id in ids:
             self.engine.run(saga, Order(saga_id, 1200), saga_id=saga_id, idempotency_key=saga_id)
-        return n / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        after = os.times()
+        return n / elapsed, (after.user - cpu.user + after.system - cpu.system) / n
 
     def threads(self, saga: type[Saga[Order]], threads: int, per_thread: int) -> float:
         """Sagas/s with ``threads`` threads each running ``per_thread`` sagas."""
@@ -217,6 +224,63 @@ class SagaRunner:
 
 def pg_engine(url: str) -> SagaEngine:
     return SagaEngine(SqlStorage(url, schema=BENCH_SCHEMA))
+
+
+class SqlReplay:
+    """The statements one saga sends, replayed through plain psycopg with no engine.
+
+    Recorded from a real run of ``saga`` on ``engine`` (SQLAlchemy's
+    ``before_cursor_execute`` sees the SQL and the parameters as the driver
+    gets them), then sent again for fresh saga ids on one connection in
+    autocommit mode, as the engine sends them. What the database alone allows
+    for sagadsl's statements: the engine's own cost is the gap between this
+    and the engine's rate.
+    """
+
+    _TEMPLATE = "sagadsl-replay-template"
+
+    def __init__(self, url: str, engine: SagaEngine, saga: type[Saga[Order]]) -> None:
+        storage = engine.storage
+        assert isinstance(storage, SqlStorage)
+        recorded: list[tuple[str, Any]] = []
+
+        def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+            recorded.append((statement, parameters))
+
+        event.listen(storage.engine, "before_cursor_execute", record)
+        try:
+            engine.run(saga, Order(self._TEMPLATE, 1200), saga_id=self._TEMPLATE,
+                       idempotency_key=self._TEMPLATE)
+        finally:
+            event.remove(storage.engine, "before_cursor_execute", record)
+        self.statements = recorded
+        self._conn = psycopg.connect(libpq_dsn(url), autocommit=True)
+        self._counter = 0
+
+    def _for(self, value: Any, saga_id: str) -> Any:
+        if isinstance(value, str):
+            return value.replace(self._TEMPLATE, saga_id)
+        if isinstance(value, dict):
+            return {k: self._for(v, saga_id) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._for(v, saga_id) for v in value)
+        return value
+
+    def sequential(self, n: int) -> float:
+        """Replayed sagas/s of ``n`` sagas, one after another."""
+        batches = []
+        for _ in range(n):
+            self._counter += 1
+            saga_id = f"replay-{self._counter}"
+            batches.append([(sql, self._for(params, saga_id)) for sql, params in self.statements])
+        started = time.perf_counter()
+        for batch in batches:
+            for sql, params in batch:
+                self._conn.execute(sql, params)
+        return n / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 class PgBytes:
