@@ -206,3 +206,24 @@ def test_the_same_saga_id_in_another_schema_is_another_saga(installed: tuple[str
         with drop.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
         drop.dispose()
+
+
+def test_a_new_saga_whose_id_another_session_claims_is_refused_and_not_created(
+        installed: tuple[str, str]) -> None:
+    url, schema = installed
+    key = advisory_lock_key("new-1", schema)
+    holder = create_engine(url)
+    engine = SagaEngine(url, schema=schema)
+    try:
+        with holder.connect() as conn:
+            assert conn.execute(select(func.pg_advisory_lock(key))).scalar_one() is not None
+            # The claim and the saga row are one statement: refused, it writes nothing.
+            with pytest.raises(SagaLockedError, match="'new-1' is being run by another live executor"):
+                engine.run(Quick, Hold("1"), saga_id="new-1", idempotency_key="k-1")
+            assert engine.get("new-1") is None
+            conn.execute(select(func.pg_advisory_unlock(key)))
+        # Once the claim is free the same call creates and runs it.
+        assert engine.run(Quick, Hold("1"), saga_id="new-1", idempotency_key="k-1").results == {"only": "only"}
+    finally:
+        engine.close()
+        holder.dispose()

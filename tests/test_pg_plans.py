@@ -86,10 +86,11 @@ def test_a_saga_row_update_looks_its_row_up_by_key(conn: Connection) -> None:
     assert "pk_sagadsl_workflows" in line and "(id)" in cond, plan
 
 
-def test_creating_a_saga_scans_no_table(conn: Connection) -> None:
+@pytest.mark.parametrize("claim", [True, False], ids=["claiming", "not-claiming"])
+def test_creating_a_saga_scans_no_table(conn: Connection, claim: bool) -> None:
     columns = ("id", "saga_name", "status", "input", "idempotency_key", "fingerprint", "retry_count",
                "version", "created_at", "updated_at", "started_at", "stuck_after", "owner",
                "lease_expires_at")
-    plan = generic_plan(conn, _create_saga_postgresql(columns))
+    plan = generic_plan(conn, _create_saga_postgresql(columns, claim))
 
     assert table_scans(plan) == [], plan

@@ -289,16 +289,28 @@ def _update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: t
 
 
 @functools.lru_cache(maxsize=8)
-def _create_saga_postgresql(workflow_columns: tuple[str, ...]) -> Executable:
+def _create_saga_postgresql(workflow_columns: tuple[str, ...], claim: bool) -> Executable:
     """One PostgreSQL statement that inserts a saga row and its pending step rows.
 
     The saga row's INSERT ... ON CONFLICT DO NOTHING is a CTE; the step rows
     (passed as arrays) are inserted only for the row it returned, so the
     statement returns rows if the saga was created and none if its id
     already existed. One round trip for the saga's first commit.
+
+    With ``claim`` the statement also takes the saga's session advisory lock
+    (parameter ``key``) and inserts only if it got it: no rows then means the
+    id exists or another session holds the claim. A CTE calling a volatile
+    function is evaluated once, before the INSERT that reads it.
     """
-    created = (postgresql.insert(wf_table)
-               .values({c: bindparam(f"w_{c}", type_=wf_table.c[c].type) for c in workflow_columns})
+    values = [bindparam(f"w_{c}", type_=wf_table.c[c].type) for c in workflow_columns]
+    insert_saga = postgresql.insert(wf_table)
+    if claim:
+        lock = func.pg_try_advisory_lock(bindparam("key", type_=BigInteger))
+        claimed = select(lock.label("held")).cte("claim")
+        insert_saga = insert_saga.from_select(list(workflow_columns), select(*values).where(claimed.c.held))
+    else:
+        insert_saga = insert_saga.values(dict(zip(workflow_columns, values)))
+    created = (insert_saga
                .on_conflict_do_nothing(index_elements=["id"])
                .returning(wf_table.c.id)
                .cte("created"))
@@ -484,18 +496,22 @@ class SqlSession:
               now: datetime) -> WorkflowRecord | None:
         conn = self._connection()
         if self._storage.advisory:
-            if claim:
-                with self._transaction(conn, one_statement=True):
-                    if not self._try_advisory(conn):
-                        raise self._locked()
-                self._advisory_held = True
             if new is not None and new.steps:
+                if claim:
+                    # A session lock outlives a failed statement: from here on
+                    # close() releases whatever this session may hold.
+                    self._advisory_held = True
                 with self._transaction(conn, one_statement=True):
                     created = self._insert_new(conn, new, claim)
                 if created:
                     self._version = 0
                     return None
-                new = None  # it exists: load it below
+                new = None  # it exists, or another session holds the claim
+            if claim:
+                with self._transaction(conn, one_statement=True):
+                    if not self._try_advisory(conn):
+                        raise self._locked()
+                self._advisory_held = True
         with self._transaction(conn):
             if new is not None and self._insert_new(conn, new, claim):
                 self._lease_held = claim and not self._storage.advisory
@@ -520,10 +536,14 @@ class SqlSession:
             lease_expires_at=new.now + LEASE_DURATION if lease else None,
         )
         if self._storage.dialect == "postgresql" and new.steps:
-            params = {f"w_{c}": v for c, v in values.items()}
+            params: dict[str, Any] = {f"w_{c}": v for c, v in values.items()}
             params.update(names=[s.name for s in new.steps], positions=[s.position for s in new.steps],
                           keys=[s.idempotency_key for s in new.steps])
-            return conn.execute(_create_saga_postgresql(tuple(values)), params).first() is not None
+            claim_too = claim and self._storage.advisory
+            if claim_too:
+                params["key"] = self._lock_key
+            stmt = _create_saga_postgresql(tuple(values), claim_too)
+            return conn.execute(stmt, params).first() is not None
         if self._insert_workflow is not None:
             if conn.execute(self._insert_workflow, values).scalar_one_or_none() is None:
                 return False
