@@ -407,6 +407,18 @@ def test_retry_run_that_dead_letters_again_exits_1(db: Db) -> None:
     assert db.status("ship-jammed") == "dead_letter"
 
 
+def test_retry_run_in_a_real_process_prints_its_result_and_nothing_else(db: Db) -> None:
+    # In pytest the library's log records go to pytest's handlers; a real
+    # process shows whether they would also reach the terminal.
+    done = subprocess.run(
+        [sys.executable, "-m", "sagadsl", *db.options, "retry", "ship-jammed", "--run", *SAGAS],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("SAGADSL_", "CLI_SAGAS_"))})
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith("retried ship-jammed (retry 1 of 10): now dead_letter: ")
+    assert done.stderr == ""
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "Error: give the IDs of the sagas to retry, or --all-dead-letter"),
     (["a", "--all-dead-letter"], "Error: give saga IDs or --all-dead-letter, not both"),

@@ -6,6 +6,7 @@ documented with a real session in ``docs/how-to/saga-admin.md``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ import re
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import click
 from rich.console import Group
@@ -371,11 +372,27 @@ def _all_dead_letter_ids(settings: Settings) -> list[str]:
                 return ids
 
 
+@contextlib.contextmanager
+def _outcomes_reported_here() -> Iterator[None]:
+    """Keep the library's log records off the terminal while this command reports the outcome.
+
+    Handlers the user configured still receive them; without any, Python's
+    last-resort handler would print each warning a second time, unformatted.
+    """
+    quiet = logging.NullHandler()
+    library_logger = logging.getLogger("sagadsl")
+    library_logger.addHandler(quiet)
+    try:
+        yield
+    finally:
+        library_logger.removeHandler(quiet)
+
+
 def _drive(settings: Settings, saga_id: str) -> dict[str, Any]:
     """Resume a retried saga now and say how it ended."""
     engine = settings.engine()
     try:
-        with database_errors(settings):
+        with database_errors(settings), _outcomes_reported_here():
             try:
                 result = engine.resume(saga_id)
             except SagaFailedError as exc:
