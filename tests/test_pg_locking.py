@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Connection, create_engine, func, select
 
 from sagadsl import Saga, SagaEngine, SagaLockedError, SqlStorage, WorkflowStatus, step
 from sagadsl import migrate as sagadsl_migrate
-from sagadsl.storage.sql import advisory_lock_key
+from sagadsl.storage.sql import SqlSession, advisory_lock_key
 from tests import pg_sagas
 
 pytestmark = pytest.mark.postgres
@@ -224,6 +224,32 @@ def test_a_new_saga_whose_id_another_session_claims_is_refused_and_not_created(
             conn.execute(select(func.pg_advisory_unlock(key)))
         # Once the claim is free the same call creates and runs it.
         assert engine.run(Quick, Hold("1"), saga_id="new-1", idempotency_key="k-1").results == {"only": "only"}
+    finally:
+        engine.close()
+        holder.dispose()
+
+
+def test_a_claim_released_between_the_create_and_the_retry_still_creates_the_saga(
+        installed: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, schema = installed
+    key = advisory_lock_key("new-2", schema)
+    holder = create_engine(url)
+    engine = SagaEngine(url, schema=schema)
+    try:
+        with holder.connect() as conn:
+            conn.execute(select(func.pg_advisory_lock(key)))
+            try_advisory = SqlSession._try_advisory
+
+            def released_first(self: SqlSession, c: Connection) -> bool:
+                # The creating statement found the claim taken; its holder
+                # lets go without having created the saga.
+                conn.execute(select(func.pg_advisory_unlock(key)))
+                return try_advisory(self, c)
+
+            monkeypatch.setattr(SqlSession, "_try_advisory", released_first)
+            result = engine.run(Quick, Hold("2"), saga_id="new-2", idempotency_key="k-2")
+        assert result.results == {"only": "only"}
+        assert engine.get("new-2") is not None
     finally:
         engine.close()
         holder.dispose()

@@ -506,7 +506,8 @@ class SqlSession:
                 if created:
                     self._version = 0
                     return None
-                new = None  # it exists, or another session holds the claim
+                # It exists, or another session held the claim (and may have
+                # let it go without creating it): claim, then insert or load.
             if claim:
                 with self._transaction(conn, one_statement=True):
                     if not self._try_advisory(conn):
