@@ -208,48 +208,61 @@ def test_the_same_saga_id_in_another_schema_is_another_saga(installed: tuple[str
         drop.dispose()
 
 
-def test_a_new_saga_whose_id_another_session_claims_is_refused_and_not_created(
-        installed: tuple[str, str]) -> None:
+@dataclass
+class OtherSession:
+    """An engine on ``installed``, and another session that can hold a saga's claim."""
+
+    engine: SagaEngine
+    conn: Connection
+    schema: str
+
+    def hold(self, saga_id: str) -> None:
+        self.conn.execute(select(func.pg_advisory_lock(advisory_lock_key(saga_id, self.schema))))
+
+    def release(self, saga_id: str) -> None:
+        self.conn.execute(select(func.pg_advisory_unlock(advisory_lock_key(saga_id, self.schema))))
+
+
+@pytest.fixture
+def other_session(installed: tuple[str, str]) -> Iterator[OtherSession]:
     url, schema = installed
-    key = advisory_lock_key("new-1", schema)
     holder = create_engine(url)
     engine = SagaEngine(url, schema=schema)
     try:
         with holder.connect() as conn:
-            assert conn.execute(select(func.pg_advisory_lock(key))).scalar_one() is not None
-            # The claim and the saga row are one statement: refused, it writes nothing.
-            with pytest.raises(SagaLockedError, match="'new-1' is being run by another live executor"):
-                engine.run(Quick, Hold("1"), saga_id="new-1", idempotency_key="k-1")
-            assert engine.get("new-1") is None
-            conn.execute(select(func.pg_advisory_unlock(key)))
-        # Once the claim is free the same call creates and runs it.
-        assert engine.run(Quick, Hold("1"), saga_id="new-1", idempotency_key="k-1").results == {"only": "only"}
+            yield OtherSession(engine, conn, schema)
     finally:
         engine.close()
         holder.dispose()
+
+
+def test_a_new_saga_whose_id_another_session_claims_is_refused_and_not_created(
+        other_session: OtherSession) -> None:
+    engine = other_session.engine
+    other_session.hold("new-1")
+    # The claim and the saga row are one statement: refused, it writes nothing.
+    with pytest.raises(SagaLockedError, match="'new-1' is being run by another live executor"):
+        engine.run(Quick, Hold("1"), saga_id="new-1", idempotency_key="k-1")
+    assert engine.get("new-1") is None
+
+    other_session.release("new-1")
+    # Once the claim is free the same call creates and runs it.
+    assert engine.run(Quick, Hold("1"), saga_id="new-1", idempotency_key="k-1").results == {"only": "only"}
 
 
 def test_a_claim_released_between_the_create_and_the_retry_still_creates_the_saga(
-        installed: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    url, schema = installed
-    key = advisory_lock_key("new-2", schema)
-    holder = create_engine(url)
-    engine = SagaEngine(url, schema=schema)
-    try:
-        with holder.connect() as conn:
-            conn.execute(select(func.pg_advisory_lock(key)))
-            try_advisory = SqlSession._try_advisory
+        other_session: OtherSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    other_session.hold("new-2")
+    try_advisory = SqlSession._try_advisory
 
-            def released_first(self: SqlSession, c: Connection) -> bool:
-                # The creating statement found the claim taken; its holder
-                # lets go without having created the saga.
-                conn.execute(select(func.pg_advisory_unlock(key)))
-                return try_advisory(self, c)
+    def released_first(self: SqlSession, conn: Connection) -> bool:
+        # The creating statement found the claim taken; its holder lets go
+        # without having created the saga.
+        other_session.release("new-2")
+        return try_advisory(self, conn)
 
-            monkeypatch.setattr(SqlSession, "_try_advisory", released_first)
-            result = engine.run(Quick, Hold("2"), saga_id="new-2", idempotency_key="k-2")
-        assert result.results == {"only": "only"}
-        assert engine.get("new-2") is not None
-    finally:
-        engine.close()
-        holder.dispose()
+    monkeypatch.setattr(SqlSession, "_try_advisory", released_first)
+    result = other_session.engine.run(Quick, Hold("2"), saga_id="new-2", idempotency_key="k-2")
+
+    assert result.results == {"only": "only"}
+    assert other_session.engine.get("new-2") is not None
