@@ -19,18 +19,23 @@ from .codec import from_json, to_json
 from .definition import SagaDefinition
 from .errors import (
     DeadLetterError,
+    DefinitionChangedError,
     IdempotencyConflictError,
     IdempotencyRequiredError,
     SagaDefinitionError,
+    SagaError,
     SagaFailedError,
+    SerializationError,
+    UnknownSagaError,
 )
 from .evolution import reconcile
 from .events import EventEmitter, SagaEvents
-from .limits import MAX_RETRY_COUNT
+from .limits import MAX_CLAIMS_WITHOUT_PROGRESS, MAX_RETRY_COUNT, describe_exception
 from .locks import Lock
 from .records import QueryResult, SagaResult, WorkflowRecord
 from .registry import lookup
-from .runtime.executor import SagaExecutor, stuck_allowance
+from .runtime.executor import (SagaExecutor, cannot_drive_error, goes_backward, is_engine_failure,
+                               parked_values, stuck_allowance)
 from .saga import Saga
 from .status import WorkflowStatus
 from .storage.base import Change, NewStep, NewWorkflow, QueryFilter, Storage, StorageSession
@@ -68,6 +73,19 @@ def _check_id(value: Any, what: str, saga_cls: type) -> str:
     if len(value) > _MAX_ID_LENGTH:
         raise ValueError(f"{saga_cls.__name__}: {what} is {len(value)} characters; at most "
                          f"{_MAX_ID_LENGTH} are stored")
+    return _storable(value, f"{saga_cls.__name__}: {what}")
+
+
+def _storable(value: str, what: str) -> str:
+    """``value`` if every backend can store it as text; else SerializationError."""
+    if "\x00" in value:
+        raise SerializationError(f"{what} {value!r} contains a NUL character (\\x00), which PostgreSQL "
+                                 "cannot store; remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SerializationError(f"{what} {value!r} contains a lone surrogate, which is not valid "
+                                 "UTF-8 and no database can store; fix how the text was decoded") from None
     return value
 
 
@@ -207,9 +225,18 @@ class SagaEngine:
         definition = _definition_of(saga_cls)
         _check_id(saga_id, "saga_id", saga_cls)
         _check_id(idempotency_key, "idempotency_key", saga_cls)
-        input_json = to_json(input, where=f"the input of {saga_cls.__name__} (saga {saga_id!r})")
-        saga = saga_cls._bind(input, saga_id)
-        keys = [s.render_key(saga) for s in definition.steps]
+        where = f"the input of {saga_cls.__name__} (saga {saga_id!r})"
+        input_json = to_json(input, where=where)
+        # The saga sees its input as a resume would: decoded from what is stored.
+        try:
+            decoded = from_json(input_json, definition.input_type, where=where)
+        except SerializationError:
+            raise
+        except Exception as exc:  # a constructor of the input type raised
+            raise SerializationError(f"{where}: decoding it back failed: {describe_exception(exc)}") from exc
+        saga = saga_cls._bind(decoded, saga_id)
+        keys = [_storable(s.render_key(saga), f"{definition.class_name}.{s.name}: step key")
+                for s in definition.steps]
         now = self.clock.now()
         new = NewWorkflow(
             id=saga_id, saga_name=definition.name, input=input_json, idempotency_key=idempotency_key,
@@ -263,6 +290,28 @@ class SagaEngine:
         definition = cls.definition
         if record.status.is_terminal:
             return self._stored_outcome(record, definition)
+        try:
+            executor = await self._resumed_executor(cls, definition, session, record, db)
+        except Exception as exc:
+            # A class this process lacks, or has in an incompatible version, is
+            # not parked: during a rolling deploy another worker can drive it.
+            if not is_engine_failure(exc) or isinstance(exc, (UnknownSagaError, DefinitionChangedError)):
+                raise
+            reason = f"the engine cannot resume it: {describe_exception(exc)}"
+            await self._park(session, record, reason, exc, db)
+            raise cannot_drive_error(saga_id, record.saga_name, reason) from exc
+        return await executor.execute(resumed=True)
+
+    async def _resumed_executor(self, cls: type[Saga[Any]], definition: SagaDefinition,
+                                session: StorageSession, record: WorkflowRecord,
+                                db: Callable[[Callable[[], Any]], Awaitable[Any]]) -> SagaExecutor:
+        """Rebuild a stored saga and the executor that resumes it (the first commit included)."""
+        saga_id = record.id
+        if record.claims > MAX_CLAIMS_WITHOUT_PROGRESS:
+            raise _PoisonSagaError(
+                f"{record.claims - 1} executors took it in a row and each stopped before committing "
+                "anything (a step may be killing its process, or running out of memory); it is parked so "
+                "that its effects are not repeated without end", saga_id=saga_id)
         input_value = from_json(record.input, definition.input_type,
                                 where=f"stored input of saga {saga_id!r} ({record.saga_name})")
         saga = cls._bind(input_value, saga_id)
@@ -277,10 +326,19 @@ class SagaEngine:
                             steps=change.steps if change else {},
                             new_steps=change.new_steps if change else (),
                             removed_steps=change.removed_steps if change else ())
+        executor = self._executor(saga, definition, session, record, started_at, db)
         if change is not None:
             await db(lambda: session.write(change))
-        executor = self._executor(saga, definition, session, record, started_at, db)
-        return await executor.execute(resumed=True)
+        return executor
+
+    async def _park(self, session: StorageSession, record: WorkflowRecord, reason: str, cause: BaseException,
+                    db: Callable[[Callable[[], Any]], Awaitable[Any]]) -> None:
+        logger.error("saga %s cannot be resumed; moving it to dead letter: %s", record.id, reason,
+                     exc_info=cause, extra={"saga_id": record.id, "step": None})
+        values = parked_values(backward=goes_backward(record), reason=reason, cause=cause,
+                               now=self.clock.now())
+        await db(lambda: session.write(Change(workflow=values)))
+        await EventEmitter(self.events, record.id, record.saga_name).emit("dead_letter", error=cause)
 
     def _executor(self, saga: Saga[Any], definition: SagaDefinition, session: StorageSession,
                   record: WorkflowRecord | None, started_at: datetime,
@@ -456,3 +514,9 @@ def _discard_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 async def _inline(fn: Callable[[], T]) -> T:
     return fn()
+
+
+class _PoisonSagaError(SagaError):
+    """A saga whose executors keep dying before they commit anything."""
+
+    code = "POISON_SAGA"

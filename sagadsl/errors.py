@@ -175,6 +175,21 @@ class SchemaOutOfDateError(SagaError):
 
 
 class StorageError(SagaError):
-    """The storage failed in a way that leaves the saga resumable."""
+    """The database failed or cannot be reached.
+
+    Raw driver and SQLAlchemy errors never leave the library: they are the
+    ``__cause__`` of this error, whose message carries no SQL, parameters or
+    password.
+
+    Attributes:
+        permanent: True when the same write would fail the same way again
+            (the database refused the data itself, e.g. a value it cannot
+            store), False when it may succeed later (a lost connection, a
+            lock timeout).
+    """
 
     code = "STORAGE_ERROR"
+
+    def __init__(self, message: str, *, saga_id: str | None = None, permanent: bool = False) -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.permanent = permanent

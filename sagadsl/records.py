@@ -34,12 +34,21 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """Why a saga failed: the failing step, its error and any compensation error."""
+    """Why a saga failed: the failing step, its error and any compensation error.
+
+    ``step_name`` is None when no step failed but the engine could not drive
+    the saga (its stored state does not decode, its executor kept dying):
+    ``error`` then says why, and a retry resumes it where it was.
+    """
 
     step_name: str | None
     error: str | None
     compensation_error: str | None
     timestamp: datetime | None
+    #: The failing step's traceback (bounded to 16 KiB), when it failed in Python.
+    traceback: str | None = None
+    #: The traceback of the first compensation that failed, if any.
+    compensation_traceback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,9 @@ class WorkflowRecord:
     started_at: datetime | None
     current_step: str | None = None
     stuck_after: datetime | None = None
+    #: Executors that took the saga since its last commit of progress; past
+    #: ``MAX_CLAIMS_WITHOUT_PROGRESS`` it is parked in dead letter as poison.
+    claims: int = 0
 
     def step(self, name: str) -> StepRecord | None:
         """The step called ``name``, or None."""

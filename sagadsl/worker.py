@@ -39,6 +39,8 @@ logger = logging.getLogger("sagadsl.worker")
 #: How long a saga whose class is not importable here is left alone before the
 #: worker looks at it again (doubling up to an hour), so it never spins on it.
 UNKNOWN_BACKOFF = timedelta(seconds=30)
+#: The longest a worker waits before it tries again a saga whose resume failed.
+ERROR_BACKOFF_CAP = timedelta(minutes=5)
 
 
 @dataclass
@@ -192,10 +194,15 @@ class Worker:
             self._park_unknown(saga_id, exc)
             return "unknown"
         except Exception:
-            logger.exception("worker failed to drive saga %s; it stays resumable", saga_id,
-                             extra={"saga_id": saga_id})
             with self._guard:
-                self._quarantine[saga_id] = (time.monotonic() + self.poll_interval, self.poll_interval)
+                # A saga that failed to make progress is looked at again later
+                # and later (doubling up to ERROR_BACKOFF_CAP), not on every poll.
+                previous = self._quarantine.get(saga_id)
+                backoff = (min(previous[1] * 2, ERROR_BACKOFF_CAP.total_seconds()) if previous
+                           else self.poll_interval)
+                self._quarantine[saga_id] = (time.monotonic() + backoff, backoff)
+            logger.exception("worker failed to drive saga %s; it stays resumable (next try in %.1fs)",
+                             saga_id, backoff, extra={"saga_id": saga_id})
             return "errors"
 
     def _park_unknown(self, saga_id: str, exc: UnknownSagaError) -> None:

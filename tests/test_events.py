@@ -114,11 +114,15 @@ def test_events_of_a_failed_saga(observed: SagaEngine, recorder: Recorder) -> No
         ("step_start", "charge", 1), ("step_retry", "charge", 1),
         ("step_start", "charge", 2), ("step_failed", "charge", 2),
         ("compensation_start", "reserve", 1), ("compensation_complete", "reserve", 1),
-        ("saga_failed", "charge", None),
+        ("saga_failed", None, None),
     ]
     errors = {e.kind: e.error for e in recorder.events if e.error is not None}
     assert set(errors) == {"step_retry", "step_failed", "saga_failed"}
-    assert all(isinstance(error, Declined) for error in errors.values())
+    assert isinstance(errors["step_retry"], Declined) and isinstance(errors["step_failed"], Declined)
+    # A saga-level event names no step: its error (what run raises) names it.
+    failed = errors["saga_failed"]
+    assert isinstance(failed, SagaFailedError) and failed.step_name == "charge"
+    assert isinstance(failed.__cause__, Declined)
 
 
 def test_events_of_a_dead_lettered_saga(observed: SagaEngine, recorder: Recorder) -> None:
@@ -128,9 +132,11 @@ def test_events_of_a_dead_lettered_saga(observed: SagaEngine, recorder: Recorder
     assert recorder.trace[-4:] == [
         ("step_failed", "charge", 2),
         ("compensation_start", "reserve", 1), ("compensation_failed", "reserve", 1),
-        ("dead_letter", "charge", None),
+        ("dead_letter", None, None),
     ]
-    assert isinstance(recorder.events[-1].error, RuntimeError)
+    dead = recorder.events[-1].error
+    assert isinstance(dead, CompensationFailedError) and dead.step_name == "charge"
+    assert isinstance(dead.__cause__, RuntimeError)
 
 
 class Slow(Saga[Order], name="tests.events.slow"):
@@ -147,7 +153,7 @@ def test_step_timeout_event(observed: SagaEngine, recorder: Recorder) -> None:
 
     assert recorder.trace == [
         ("saga_start", None, None), ("step_start", "wait", 1), ("step_timeout", "wait", 1),
-        ("step_failed", "wait", 1), ("saga_failed", "wait", None)]
+        ("step_failed", "wait", 1), ("saga_failed", None, None)]
     timeout_event = recorder.events[2]
     assert isinstance(timeout_event.error, StepTimeoutError)
     assert timeout_event.duration is not None and timeout_event.duration >= 0.04

@@ -93,26 +93,38 @@ def test_failed_step_and_its_compensation_are_logged(engine: SagaEngine,
     assert lines(caplog) == [
         ("sagadsl.executor", "DEBUG", "saga t-2 started", "t-2", None),
         ("sagadsl.executor", "DEBUG", "saga t-2 step flight completed", "t-2", "flight"),
-        ("sagadsl.executor", "INFO", "saga t-2 step hotel failed: ValueError: no rooms", "t-2", "hotel"),
+        ("sagadsl.executor", "ERROR", "saga t-2 step hotel failed: ValueError: no rooms", "t-2", "hotel"),
         ("sagadsl.executor", "DEBUG", "saga t-2 step flight compensated", "t-2", "flight"),
         ("sagadsl.executor", "INFO",
-         "saga t-2 failed at step hotel; every completed step was compensated", "t-2", "hotel"),
+         "saga t-2 failed at step hotel; every completed step was compensated", "t-2", None),
     ]
 
 
-def test_failed_compensation_and_dead_letter_are_warnings(engine: SagaEngine,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_step_is_logged_with_its_traceback(engine: SagaEngine,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(SagaFailedError):
+        engine.run(BookTrip, Trip("t-6", fail_at="hotel"), saga_id="t-6", idempotency_key="k-6")
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
+    assert "in hotel" in caplog.text and "ValueError: no rooms" in caplog.text
+
+
+def test_failed_compensation_is_an_error_and_dead_letter_a_warning(engine: SagaEngine,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(CompensationFailedError):
         engine.run(BookTrip, Trip("t-3", fail_at="hotel", cancel_breaks=True), saga_id="t-3",
                    idempotency_key="k-3")
-    warnings = [line for line in lines(caplog) if line[1] == "WARNING"]
+    warnings = [line for line in lines(caplog) if line[1] in ("WARNING", "ERROR")]
     assert warnings == [
-        ("sagadsl.executor", "WARNING",
+        ("sagadsl.executor", "ERROR", "saga t-3 step hotel failed: ValueError: no rooms", "t-3", "hotel"),
+        ("sagadsl.executor", "ERROR",
          "saga t-3 step flight could not be compensated: RuntimeError: airline offline", "t-3", "flight"),
         ("sagadsl.executor", "WARNING",
          "saga t-3 moved to dead letter: cancel_flight (compensating flight): RuntimeError: airline offline",
-         "t-3", "hotel"),
+         "t-3", None),
     ]
+    compensation_failure = [r for r in caplog.records if r.getMessage().startswith("saga t-3 step flight could")]
+    assert compensation_failure[0].exc_info is not None
 
 
 def test_resumed_saga_says_so(engine: SagaEngine, caplog: pytest.LogCaptureFixture) -> None:
@@ -147,8 +159,8 @@ def test_a_format_string_can_name_the_extras(engine: SagaEngine) -> None:
             engine.run(BookTrip, Trip("t-5", fail_at="hotel"), saga_id="t-5", idempotency_key="k-5")
     finally:
         root.removeHandler(handler)
-    assert "INFO sagadsl.executor saga=t-5 step=hotel saga t-5 step hotel failed: ValueError: no rooms" \
-        in rendered
+    assert "ERROR sagadsl.executor saga=t-5 step=hotel saga t-5 step hotel failed: ValueError: no rooms" \
+        in [line.splitlines()[0] for line in rendered]
 
 
 def test_compensation_policy_retries_are_not_logged_per_attempt(engine: SagaEngine,

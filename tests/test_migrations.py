@@ -30,7 +30,7 @@ from sagadsl.storage.schema import (
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {"sagadsl_workflows", "sagadsl_steps", "sagadsl_status_counts"}
-HEAD = "sagadsl_0002"
+HEAD = "sagadsl_0003"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -149,6 +149,7 @@ class TestAlembicCommandLine:
         assert done.returncode == 0, done.stderr
         assert "Running upgrade  -> sagadsl_0001" in done.stderr
         assert "Running upgrade sagadsl_0001 -> sagadsl_0002" in done.stderr
+        assert "Running upgrade sagadsl_0002 -> sagadsl_0003" in done.stderr
         engine = create_engine(url)
         try:
             assert _revision(engine, None) == HEAD

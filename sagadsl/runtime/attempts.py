@@ -29,6 +29,9 @@ class AttemptOutcome:
     started_at: datetime
     finished_at: datetime
     error: Exception | None = None
+    #: What the step returned, in a 1-tuple, when that value could not be
+    #: stored: the step's effect happened, so its compensation gets the value.
+    unstored: tuple[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,13 +119,16 @@ async def call_with_retries(
     pool: Executor,
     emitter: EventEmitter,
     phase: str,
-    encode: Callable[[Any], Any] | None = None,
+    durable: Callable[[Any], tuple[Any, Any]] | None = None,
 ) -> AttemptOutcome:
     """Run ``func`` until it succeeds or its attempts are used up.
 
     ``phase`` is ``"step"`` or ``"compensation"`` and selects the events.
-    ``encode`` turns a step's result into JSON; failing to encode fails the
-    step at once (a retry would return the same value).
+    ``durable`` turns a step's result into ``(value, stored JSON)``: the value
+    is the JSON decoded back, which later steps receive, so they see on the
+    first run what they would see after a resume. Failing to store the value
+    fails the step at once (a retry would return the same value); the value
+    it returned is kept in the outcome for its compensation.
     """
     started = clock.now()
     attempt = 0
@@ -142,9 +148,13 @@ async def call_with_retries(
         _attempt.set(attempt)
         await emitter.emit(f"{phase}_start", step, attempt=attempt, idempotency_key=key)
         t0 = time.perf_counter()
+        returned: tuple[Any] | None = None
         try:
             value = await _invoke(func, kwargs, is_async, limit, pool)
-            encoded = encode(value) if encode is not None else None
+            returned = (value,)
+            encoded = None
+            if durable is not None:
+                value, encoded = durable(value)
         except _TimedOut:
             if bounded_by_budget and budget is not None:
                 error = budget.exceeded_error(where)
@@ -156,7 +166,10 @@ async def call_with_retries(
             await emitter.emit("step_timeout", step, error=error, attempt=attempt,
                                duration=time.perf_counter() - t0, idempotency_key=key)
         except SerializationError as exc:
-            return AttemptOutcome(False, None, attempt, started, clock.now(), exc)
+            if returned is None:  # raised by the step itself: an ordinary failure
+                error = exc
+            else:
+                return AttemptOutcome(False, None, attempt, started, clock.now(), exc, unstored=returned)
         except Exception as exc:
             error = exc
         else:

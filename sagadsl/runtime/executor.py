@@ -16,16 +16,18 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 from ..clock import Clock
 from ..codec import from_json, to_json
 from ..definition import SagaDefinition, StepDefinition
-from ..errors import CompensationFailedError, SagaFailedError
+from ..errors import (CompensationFailedError, DeadLetterError, SagaError, SagaFailedError, SagaLockedError,
+                      SerializationError, StorageError)
 from ..events import EventEmitter
-from ..limits import MAX_EXECUTION_DURATION, describe_exception, truncate_error
+from ..limits import MAX_EXECUTION_DURATION, describe_exception, format_traceback, truncate_error
 from ..records import SagaResult, WorkflowRecord
 from ..saga import Saga
 from ..status import StepStatus, WorkflowStatus
 from ..storage.base import Change, StorageSession
 from .attempts import AttemptOutcome, Budget, call_with_retries
 
-__all__ = ["SagaExecutor", "stuck_allowance"]
+__all__ = ["SagaExecutor", "stuck_allowance", "goes_backward", "parked_values", "cannot_drive_error",
+           "is_engine_failure"]
 
 logger = logging.getLogger("sagadsl.executor")
 T = TypeVar("T")
@@ -48,6 +50,59 @@ def stuck_allowance(definition: SagaDefinition) -> timedelta:
         waits = sum(policy.delay(i) for i in range(1, policy.max_attempts))
         worst = max(worst, timedelta(seconds=policy.timeout * policy.max_attempts + waits))
     return min(worst, MAX_EXECUTION_DURATION) + STUCK_GRACE
+
+
+def goes_backward(record: WorkflowRecord) -> bool:
+    """Whether a stored saga resumes by compensating (else it goes forward).
+
+    A saga the engine parked while going forward carries an error with no
+    step (and a retry clears it): it resumes forward.
+    """
+    if record.status == WorkflowStatus.COMPENSATING:
+        return True
+    err = record.error
+    return err is not None and (err.step_name is not None or err.compensation_error is not None)
+
+
+def parked_values(*, backward: bool, reason: str, cause: BaseException, now: datetime) -> dict[str, Any]:
+    """The saga row's values that park it in dead letter because the engine cannot drive it.
+
+    A saga going backward keeps its original error and records the reason
+    as its compensation error, so a retry continues the compensation; one
+    going forward records the reason as an error of no step, so a retry
+    resumes it forward.
+    """
+    values: dict[str, Any] = {"status": WorkflowStatus.DEAD_LETTER.value, "stuck_after": None,
+                              "updated_at": now}
+    if backward:
+        values.update(compensation_error=truncate_error(reason),
+                      compensation_traceback=format_traceback(cause))
+    else:
+        values.update(error_step=None, error=truncate_error(reason), error_at=now,
+                      error_traceback=format_traceback(cause), compensation_error=None)
+    return values
+
+
+def cannot_drive_error(saga_id: str, saga_name: str, reason: str) -> DeadLetterError:
+    """What ``run`` raises after the engine parked a saga it cannot drive."""
+    return DeadLetterError(f"saga {saga_id!r} ({saga_name}) cannot be driven and was moved to dead letter: "
+                           f"{truncate_error(reason)}. Fix the cause, then `saga-admin retry {saga_id}`",
+                           saga_id=saga_id)
+
+
+def is_engine_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the engine's own machinery failing for one saga, so it must be parked.
+
+    Not the saga's own outcome, not a claim lost to another executor, and
+    not a storage failure that may pass (the saga stays resumable then).
+    """
+    if not isinstance(exc, Exception):
+        return False
+    if isinstance(exc, (SagaFailedError, CompensationFailedError, DeadLetterError, SagaLockedError)):
+        return False
+    if isinstance(exc, StorageError):
+        return exc.permanent
+    return True
 
 
 @dataclass
@@ -99,6 +154,11 @@ class SagaExecutor:
         #: The failure commit already ended the saga (nothing to compensate).
         self._ended_by_failure = False
         self._completion_written = False
+        #: The first commit of progress resets the stored claim count.
+        self._claims_to_reset = record is None or record.claims > 0
+        #: A step whose value could not be stored, compensated before the
+        #: failure commit, whose compensation failed: (message, exception).
+        self._early_compensation_failure: tuple[str, BaseException] | None = None
         if record is not None:
             self._restore(record)
 
@@ -123,7 +183,7 @@ class SagaExecutor:
         if record.error is not None:
             self.error_step = record.error.step_name
             self.error_text = record.error.error
-        self.backward = record.status == WorkflowStatus.COMPENSATING or record.error is not None
+        self.backward = goes_backward(record)
 
     # -- commits ----------------------------------------------------------------
 
@@ -131,13 +191,40 @@ class SagaExecutor:
         now = workflow.setdefault("updated_at", self.clock.now())
         if workflow.get("status") in (None, WorkflowStatus.PENDING.value, WorkflowStatus.COMPENSATING.value):
             workflow.setdefault("stuck_after", now + self.allowance)
+        if self._claims_to_reset:
+            workflow["claims"] = 0
+            self._claims_to_reset = False
         change = Change(workflow=workflow, steps=steps or {})
         await self._db(lambda: self.session.write(change))
 
     # -- entry point ------------------------------------------------------------
 
     async def execute(self, resumed: bool) -> SagaResult:
-        """Drive the saga to a terminal status and return or raise its outcome."""
+        """Drive the saga to a terminal status and return or raise its outcome.
+
+        If the engine's own machinery fails for this saga (a value it cannot
+        store, a key it cannot render), the saga is parked in dead letter
+        with the reason instead of being left active to fail again on every
+        resume.
+        """
+        try:
+            return await self._execute(resumed)
+        except Exception as exc:
+            if not is_engine_failure(exc):
+                raise
+            reason = f"the engine failed while driving it: {describe_exception(exc)}"
+            await self.park(reason, exc)
+            raise cannot_drive_error(self.saga_id, self.definition.name, reason) from exc
+
+    async def park(self, reason: str, cause: BaseException) -> None:
+        """Move the saga to dead letter because the engine cannot drive it, recording why."""
+        logger.error("saga %s cannot be driven; moving it to dead letter: %s", self.saga_id, reason,
+                     exc_info=cause, extra={"saga_id": self.saga_id, "step": None})
+        values = parked_values(backward=self.backward, reason=reason, cause=cause, now=self.clock.now())
+        await self._db(lambda: self.session.write(Change(workflow=values)))
+        await self.emitter.emit("dead_letter", error=cause)
+
+    async def _execute(self, resumed: bool) -> SagaResult:
         await self.emitter.emit("saga_start", resumed=resumed)
         logger.debug("saga %s %s", self.saga_id, "resumed" if resumed else "started",
                      extra={"saga_id": self.saga_id, "step": None})
@@ -158,24 +245,29 @@ class SagaExecutor:
             cause = None
         comp_error, comp_cause = await self._backward()
         if comp_error is None:
-            await self.emitter.emit("saga_failed", self.error_step, error=cause)
-            logger.info("saga %s failed at step %s; every completed step was compensated", self.saga_id,
-                        self.error_step, extra={"saga_id": self.saga_id, "step": self.error_step})
-            raise SagaFailedError(
+            failed = SagaFailedError(
                 f"saga {self.saga_id!r} ({self.definition.name}) failed at step {self.error_step!r}: "
                 f"{self.error_text}; every completed step was compensated",
                 saga_id=self.saga_id, step_name=self.error_step, error=self.error_text,
-            ) from cause
-        await self.emitter.emit("dead_letter", self.error_step, error=comp_cause)
-        logger.warning("saga %s moved to dead letter: %s", self.saga_id, comp_error,
-                       extra={"saga_id": self.saga_id, "step": self.error_step})
-        raise CompensationFailedError(
+            )
+            failed.__cause__ = cause
+            # Saga-level events name no step; the error they carry names it.
+            await self.emitter.emit("saga_failed", error=failed)
+            logger.info("saga %s failed at step %s; every completed step was compensated", self.saga_id,
+                        self.error_step, extra={"saga_id": self.saga_id, "step": None})
+            raise failed
+        dead = CompensationFailedError(
             f"saga {self.saga_id!r} ({self.definition.name}) is in dead letter: step {self.error_step!r} "
             f"failed ({self.error_text}) and a compensation failed too ({comp_error}); fix the cause, "
             f"then `saga-admin retry {self.saga_id}`",
             saga_id=self.saga_id, step_name=self.error_step, error=self.error_text,
             compensation_error=comp_error,
-        ) from comp_cause
+        )
+        dead.__cause__ = comp_cause
+        await self.emitter.emit("dead_letter", error=dead)
+        logger.warning("saga %s moved to dead letter: %s", self.saga_id, comp_error,
+                       extra={"saga_id": self.saga_id, "step": None})
+        raise dead
 
     # -- forward ------------------------------------------------------------------
 
@@ -232,12 +324,20 @@ class SagaExecutor:
         assert outcome.error is not None
         await self.emitter.emit("step_failed", s.name, error=outcome.error,
                                 attempt=outcome.attempts, idempotency_key=self.keys[s.name])
+        step_values = self._failed_step_values(outcome)
+        if outcome.unstored is not None and s.compensation is not None:
+            # The step ran, so its effect may exist, but its value cannot be
+            # stored: compensate it now, with the value it returned, before
+            # the commit that records the failure (after that commit the
+            # value would be gone). A crash before that commit runs the step
+            # again on resume, which fails and compensates the same way.
+            step_values.update(await self._compensate_unstored(s, outcome.unstored[0]))
         if failure is None:
             failure = _Failure(s.name, outcome.error)
             await self._record_failure(failure, attempts=outcome.attempts,
-                                       running=bool(running), outcome=outcome)
+                                       running=bool(running), outcome=outcome, step_values=step_values)
             return failure
-        await self._write({}, {s.name: self._failed_step_values(outcome)})
+        await self._write({}, {s.name: step_values})
         self.status[s.name] = StepStatus.FAILED
         logger.info("saga %s step %s failed: %s", self.saga_id, s.name, describe_exception(outcome.error),
                     extra={"saga_id": self.saga_id, "step": s.name})
@@ -246,13 +346,49 @@ class SagaExecutor:
     async def _run_step(self, s: StepDefinition) -> AttemptOutcome:
         where = f"{self.where_cls}.{s.name}"
         kwargs = {p: self.results[p] for p in s.params}
+        what = f"result of {where} (saga {self.saga_id!r})"
+        return_type = s.return_type()
+
+        def durable(value: Any) -> tuple[Any, Any]:
+            # The one place where a result becomes durable: later steps get
+            # the stored form decoded back, exactly what a resume would give.
+            try:
+                stored = to_json(value, where=what)
+                return from_json(stored, return_type, where=what), stored
+            except SerializationError:
+                raise
+            except Exception as exc:  # a constructor of the annotated type raised
+                raise SerializationError(f"{what}: decoding it back failed: {describe_exception(exc)}") from exc
+
         return await call_with_retries(
             func=getattr(self.saga, s.name), kwargs=kwargs, is_async=s.is_async, key=self.keys[s.name],
             where=where, step=s.name, max_attempts=s.retry.max_attempts, should_retry=s.retry.should_retry,
             delay=s.retry.delay, timeout=s.timeout, budget=self.budget, clock=self.clock, pool=self.pool,
-            emitter=self.emitter, phase="step",
-            encode=lambda value: to_json(value, where=f"result of {where} (saga {self.saga_id!r})"),
+            emitter=self.emitter, phase="step", durable=durable,
         )
+
+    async def _compensate_unstored(self, s: StepDefinition, value: Any) -> dict[str, Any]:
+        """Compensate step ``s`` with the value it returned; its row's compensation columns."""
+        comp = s.compensation
+        assert comp is not None
+        outcome = await self._compensate(s.name, result=value)
+        if outcome.ok:
+            logger.debug("saga %s step %s compensated", self.saga_id, s.name,
+                         extra={"saga_id": self.saga_id, "step": s.name})
+            return {"status": StepStatus.COMPENSATED.value, "compensated_at": self.clock.now(),
+                    "compensation_error": None}
+        assert outcome.error is not None
+        text = describe_exception(outcome.error)
+        await self.emitter.emit("compensation_failed", s.name, error=outcome.error,
+                                attempt=outcome.attempts, idempotency_key=self.keys[s.name])
+        logger.error("saga %s step %s could not be compensated: %s", self.saga_id, s.name, text,
+                     exc_info=outcome.error, extra={"saga_id": self.saga_id, "step": s.name})
+        # The step stays ``failed``: a retry cannot run this compensation
+        # again, as the value it needs was never stored.
+        self._early_compensation_failure = (
+            truncate_error(f"{comp.method_name} (compensating {s.name}, whose result could not be stored, so "
+                           f"a retry will not run it again: undo its effect by hand): {text}"), outcome.error)
+        return {"compensation_error": text}
 
     async def _record_completion(self, s: StepDefinition, outcome: AttemptOutcome, finishing: bool) -> None:
         value, encoded = outcome.value
@@ -277,26 +413,30 @@ class SagaExecutor:
                 "error": describe_exception(outcome.error) if outcome.error else None}
 
     async def _record_failure(self, failure: _Failure, *, attempts: int, running: bool,
-                              outcome: AttemptOutcome | None = None) -> None:
+                              outcome: AttemptOutcome | None = None,
+                              step_values: dict[str, Any] | None = None) -> None:
         now = self.clock.now()
         text = describe_exception(failure.error)
-        final = not running and not self._has_compensable()
+        logger.error("saga %s step %s failed: %s", self.saga_id, failure.step, text, exc_info=failure.error,
+                     extra={"saga_id": self.saga_id, "step": failure.step})
+        # A failed early compensation still has to end the saga in dead
+        # letter: the backward pass does that.
+        final = not running and not self._has_compensable() and self._early_compensation_failure is None
         workflow: dict[str, Any] = {
             "status": (WorkflowStatus.FAILED if final else WorkflowStatus.COMPENSATING).value,
             "current_step": failure.step, "error_step": failure.step, "error": text,
             "compensation_error": None, "error_at": now, "updated_at": now,
+            "error_traceback": format_traceback(failure.error), "compensation_traceback": None,
         }
         if final:
             workflow["stuck_after"] = None
         steps: dict[str, dict[str, Any]] = {}
         if outcome is not None:
-            steps[failure.step] = self._failed_step_values(outcome)
+            steps[failure.step] = step_values if step_values is not None else self._failed_step_values(outcome)
             self.status[failure.step] = StepStatus.FAILED
         await self._write(workflow, steps)
         self.backward = True
         self._ended_by_failure = final
-        logger.info("saga %s step %s failed: %s", self.saga_id, failure.step, text,
-                    extra={"saga_id": self.saga_id, "step": failure.step})
 
     # -- backward -----------------------------------------------------------------
 
@@ -327,8 +467,16 @@ class SagaExecutor:
         running: dict[asyncio.Task[AttemptOutcome], str] = {}
         first_error: str | None = None
         first_cause: BaseException | None = None
-        failed_any = False
+        if self._early_compensation_failure is not None:
+            first_error, first_cause = self._early_compensation_failure
+        failed_any = first_error is not None
         if not todo:
+            if failed_any:
+                assert first_cause is not None
+                await self._write({"status": WorkflowStatus.DEAD_LETTER.value, "stuck_after": None,
+                                   "compensation_error": first_error,
+                                   "compensation_traceback": format_traceback(first_cause)})
+                return first_error, first_cause
             await self._write({"status": WorkflowStatus.FAILED.value, "stuck_after": None})
             return None, None
         try:
@@ -366,6 +514,7 @@ class SagaExecutor:
                             first_error = truncate_error(f"{comp.method_name} (compensating {name}): {text}")
                             first_cause = outcome.error
                             workflow["compensation_error"] = first_error
+                            workflow["compensation_traceback"] = format_traceback(outcome.error)
                     if last:
                         final = WorkflowStatus.DEAD_LETTER if failed_any else WorkflowStatus.FAILED
                         workflow.update(status=final.value, stuck_after=None)
@@ -373,25 +522,29 @@ class SagaExecutor:
                             # A retry that compensated everything clears the old
                             # compensation error; the retry count keeps the history.
                             workflow["compensation_error"] = None
+                            workflow["compensation_traceback"] = None
+                        elif "compensation_error" not in workflow and first_cause is not None:
+                            workflow["compensation_error"] = first_error
+                            workflow["compensation_traceback"] = format_traceback(first_cause)
                     await self._write(workflow, {name: step_values})
                     if outcome.ok:
                         logger.debug("saga %s step %s compensated", self.saga_id, name,
                                      extra={"saga_id": self.saga_id, "step": name})
                     else:
-                        logger.warning("saga %s step %s could not be compensated: %s", self.saga_id, name,
-                                       step_values["compensation_error"],
-                                       extra={"saga_id": self.saga_id, "step": name})
+                        logger.error("saga %s step %s could not be compensated: %s", self.saga_id, name,
+                                     step_values["compensation_error"], exc_info=outcome.error,
+                                     extra={"saga_id": self.saga_id, "step": name})
         finally:
             await _cancel(running)
         return first_error, first_cause
 
-    async def _compensate(self, name: str) -> AttemptOutcome:
+    async def _compensate(self, name: str, *, result: Any = None) -> AttemptOutcome:
         s = self.definition.step(name)
         comp = s.compensation
         assert comp is not None
         kwargs: dict[str, Any] = {p: self.results[p] for p in comp.step_params}
         if comp.result_param is not None:
-            kwargs[comp.result_param] = self.results.get(name)
+            kwargs[comp.result_param] = self.results.get(name, result)
         policy = s.compensation_policy
         return await call_with_retries(
             func=getattr(self.saga, comp.method_name), kwargs=kwargs, is_async=comp.is_async,

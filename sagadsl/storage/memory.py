@@ -86,7 +86,10 @@ class InMemoryStorage:
                     f"{max_retries}; inspect it with `saga-admin show {saga_id}` and resolve it by hand",
                     saga_id=saga_id)
             v.update(status=WorkflowStatus.PENDING.value, retry_count=v["retry_count"] + 1,
-                     started_at=now, updated_at=now, stuck_after=now)
+                     started_at=now, updated_at=now, stuck_after=now, claims=0)
+            if v.get("error_step") is None and v.get("compensation_error") is None:
+                # Parked by the engine while going forward: it resumes forward.
+                v.update(error=None, error_at=None, error_traceback=None)
             return int(v["retry_count"])
 
     def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
@@ -130,7 +133,9 @@ def _record(row: _Row) -> WorkflowRecord:
     error = None
     if v.get("error") is not None or v.get("compensation_error") is not None:
         error = ErrorInfo(step_name=v.get("error_step"), error=v.get("error"),
-                          compensation_error=v.get("compensation_error"), timestamp=v.get("error_at"))
+                          compensation_error=v.get("compensation_error"), timestamp=v.get("error_at"),
+                          traceback=v.get("error_traceback"),
+                          compensation_traceback=v.get("compensation_traceback"))
     steps = sorted(row.steps.values(), key=lambda s: s["position"])
     return WorkflowRecord(
         id=v["id"], saga_name=v["saga_name"], status=WorkflowStatus(v["status"]), input=v["input"],
@@ -143,6 +148,7 @@ def _record(row: _Row) -> WorkflowRecord:
             compensated_at=s.get("compensated_at")) for s in steps),
         retry_count=v["retry_count"], error=error, created_at=v["created_at"], updated_at=v["updated_at"],
         started_at=v["started_at"], current_step=v.get("current_step"), stuck_after=v.get("stuck_after"),
+        claims=v.get("claims", 0),
     )
 
 
@@ -170,7 +176,7 @@ class _MemorySession:
                 values.update(status=new.status.value, input=copy.deepcopy(new.input), retry_count=0,
                               created_at=new.now, updated_at=new.now, started_at=new.now if new.started else None,
                               current_step=None, error_step=None, error=None, compensation_error=None,
-                              error_at=None)
+                              error_at=None, claims=1 if claim else 0)
                 s._rows[saga_id] = _Row(values, {
                     st.name: {"name": st.name, "position": st.position,
                               "idempotency_key": st.idempotency_key,
@@ -179,6 +185,8 @@ class _MemorySession:
                 return None
             if row is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+            if claim and row.values["status"] in {st.value for st in ACTIVE_STATUSES}:
+                row.values["claims"] = row.values.get("claims", 0) + 1
             return _record(row)
 
     def write(self, change: Change) -> None:

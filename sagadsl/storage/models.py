@@ -83,6 +83,9 @@ class WorkflowRow(Base):
     error: Mapped[Optional[str]] = mapped_column(Text)
     compensation_error: Mapped[Optional[str]] = mapped_column(Text)
     error_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    #: Tracebacks of the failing step and of the first failing compensation (16 KiB at most).
+    error_traceback: Mapped[Optional[str]] = mapped_column(Text)
+    compensation_traceback: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     #: Start of the current execution budget: the first claim by an executor
@@ -93,6 +96,11 @@ class WorkflowRow(Base):
     #: Lease-based claim (where advisory locks do not exist): owner and expiry.
     owner: Mapped[Optional[str]] = mapped_column(String(255))
     lease_expires_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    #: Executors that claimed the saga since its last commit of progress (poison detection).
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The PostgreSQL advisory lock key that claims this saga, so that a worker
+    #: can leave out held sagas in SQL (the key is a hash SQL cannot compute).
+    lock_key: Mapped[Optional[int]] = mapped_column(BigInteger)
 
     __table_args__ = (
         Index("ix_sagadsl_workflows_status_created_at", "status", "created_at"),

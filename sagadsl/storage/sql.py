@@ -15,11 +15,11 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, Collection, Iterator, Sequence, TypeVar
 
-from sqlalchemy import (BigInteger, Integer, Text, bindparam, create_engine, delete, event, exists, func,
-                        insert, literal, select, true, update)
+from sqlalchemy import (BigInteger, Integer, Text, bindparam, case, create_engine, delete, event, exists,
+                        func, insert, literal, literal_column, null, or_, select, text, true, tuple_, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError, StatementError
 from sqlalchemy.sql import Executable
 
 from ..errors import (
@@ -29,7 +29,7 @@ from ..errors import (
     SagaNotFoundError,
     StorageError,
 )
-from ..limits import MAX_EXECUTION_DURATION
+from ..limits import MAX_EXECUTION_DURATION, truncate_error
 from ..locks import advisory_key, claim_is_free, owner_token
 from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
 from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
@@ -162,19 +162,36 @@ class SqlStorage:
         return advisory_lock_key(saga_id, self.schema)
 
     def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
-        stmt = (select(wf_table.c.id, wf_table.c.owner, wf_table.c.lease_expires_at)
-                .where(wf_table.c.status.in_([s.value for s in ACTIVE_STATUSES]))
-                .order_by(wf_table.c.updated_at).limit(limit * 4))
-        if exclude:
-            stmt = stmt.where(wf_table.c.id.not_in(list(exclude)))
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-            if self.advisory:
-                held = _held_advisory_keys(conn)
+        active = wf_table.c.status.in_([s.value for s in ACTIVE_STATUSES])
         if self.advisory:
-            free = [r.id for r in rows if self.lock_key(r.id) not in held]
-        else:
-            free = [r.id for r in rows if claim_is_free(r.owner, r.lease_expires_at, now)]
+            # Held claims are left out in SQL, so however many older sagas
+            # live executors hold, the page holds sagas a worker can take.
+            stmt = (select(wf_table.c.id)
+                    .where(active, or_(wf_table.c.lock_key.is_(None),
+                                       wf_table.c.lock_key.not_in(select(_HELD_ADVISORY_KEYS.c.key))))
+                    .order_by(wf_table.c.updated_at).limit(limit))
+            if exclude:
+                stmt = stmt.where(wf_table.c.id.not_in(list(exclude)))
+            with self.engine.connect() as conn:
+                return list(conn.execute(stmt).scalars())
+        # A lease's owner on this host is checked for liveness in Python, so
+        # page through the active sagas until enough free ones are found.
+        free: list[str] = []
+        after: tuple[datetime, str] | None = None
+        with self.engine.connect() as conn:
+            while len(free) < limit:
+                stmt = (select(wf_table.c.id, wf_table.c.owner, wf_table.c.lease_expires_at,
+                               wf_table.c.updated_at)
+                        .where(active).order_by(wf_table.c.updated_at, wf_table.c.id).limit(_RECOVERY_PAGE))
+                if exclude:
+                    stmt = stmt.where(wf_table.c.id.not_in(list(exclude)))
+                if after is not None:
+                    stmt = stmt.where(tuple_(wf_table.c.updated_at, wf_table.c.id) > tuple_(*after))
+                rows = conn.execute(stmt).all()
+                free.extend(r.id for r in rows if claim_is_free(r.owner, r.lease_expires_at, now))
+                if len(rows) < _RECOVERY_PAGE:
+                    break
+                after = (rows[-1].updated_at, rows[-1].id)
         return free[:limit]
 
     # -- operator actions ---------------------------------------------------
@@ -186,7 +203,8 @@ class SqlStorage:
                        wf_table.c.retry_count < max_retries)
                 .values(status=WorkflowStatus.PENDING.value, retry_count=wf_table.c.retry_count + 1,
                         started_at=now, updated_at=now, stuck_after=now, owner=None,
-                        lease_expires_at=None, version=wf_table.c.version + 1)
+                        lease_expires_at=None, version=wf_table.c.version + 1, claims=0,
+                        **_cleared_engine_failure())
                 .returning(wf_table.c.retry_count))
         with self.engine.begin() as conn:
             moved = conn.execute(stmt).scalar_one_or_none()
@@ -261,6 +279,12 @@ _TRY_ADVISORY_LOCK = select(func.pg_try_advisory_lock(bindparam("key", type_=Big
 # The pinned connection drove this one saga: releasing every session lock it
 # holds also undoes a lock taken twice, which pg_advisory_unlock would not.
 _ADVISORY_UNLOCK = select(func.pg_advisory_unlock_all())
+# Taking over an active saga counts as a claim until the executor commits
+# progress; bumping the version fences off any executor that held it before.
+_COUNT_CLAIM = (update(wf_table)
+                .where(wf_table.c.id == bindparam("w_id"),
+                       wf_table.c.status.in_([s.value for s in ACTIVE_STATUSES]))
+                .values(claims=wf_table.c.claims + 1, version=wf_table.c.version + 1))
 
 
 @functools.lru_cache(maxsize=64)
@@ -382,7 +406,9 @@ def _record(row: Any, step_rows: list[Any]) -> WorkflowRecord:
     error = None
     if row["error"] is not None or row["compensation_error"] is not None:
         error = ErrorInfo(step_name=row["error_step"], error=row["error"],
-                          compensation_error=row["compensation_error"], timestamp=row["error_at"])
+                          compensation_error=row["compensation_error"], timestamp=row["error_at"],
+                          traceback=row["error_traceback"],
+                          compensation_traceback=row["compensation_traceback"])
     return WorkflowRecord(
         id=row["id"], saga_name=row["saga_name"], status=WorkflowStatus(row["status"]),
         input=row["input"], idempotency_key=row["idempotency_key"], fingerprint=row["fingerprint"],
@@ -395,7 +421,7 @@ def _record(row: Any, step_rows: list[Any]) -> WorkflowRecord:
         ),
         retry_count=row["retry_count"], error=error, created_at=row["created_at"],
         updated_at=row["updated_at"], started_at=row["started_at"], current_step=row["current_step"],
-        stuck_after=row["stuck_after"],
+        stuck_after=row["stuck_after"], claims=row["claims"],
     )
 
 
@@ -417,16 +443,40 @@ def advisory_lock_key(saga_id: str, schema: str | None) -> int:
     return advisory_key(f"{schema}.{saga_id}" if schema else saga_id)
 
 
-def _held_advisory_keys(conn: Connection) -> set[int]:
-    """Advisory lock keys some session holds now (a bigint key is split in two oids)."""
-    rows = conn.exec_driver_sql(
-        "SELECT classid::bigint, objid::bigint FROM pg_locks "
-        "WHERE locktype = 'advisory' AND objsubid = 1 AND granted").all()
-    keys = set()
-    for high, low in rows:
-        unsigned = (int(high) << 32) | int(low)
-        keys.add(unsigned - (1 << 64) if unsigned >= 1 << 63 else unsigned)
-    return keys
+#: Advisory lock keys some session holds in this database now. A bigint key is
+#: split into two oids in pg_locks; shifting the high half back rebuilds the
+#: signed key. Locks in other databases of the same server are not claims here.
+_HELD_ADVISORY_KEYS = (
+    select(literal_column("(classid::bigint << 32) | objid::bigint", BigInteger).label("key"))
+    .select_from(text("pg_catalog.pg_locks"))
+    .where(text("locktype = 'advisory' AND objsubid = 1 AND granted "
+                "AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())"))
+    .subquery("held")
+)
+_RECOVERY_PAGE = 500
+
+
+def _cleared_engine_failure() -> dict[str, Any]:
+    """A retry's values that clear the error block of a saga the engine parked.
+
+    A saga parked while going forward (no step failed: ``error_step`` is
+    NULL) resumes forward, so its reason is cleared; a compensation's
+    failure keeps the original error, as the compensation continues.
+    """
+    c = wf_table.c
+    forward = c.error_step.is_(None) & c.compensation_error.is_(None)
+    return {column: case((forward, null()), else_=c[column])
+            for column in ("error", "error_at", "error_traceback")}
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """Whether the database refused the data itself, so the same write fails again."""
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        # 22 data exception, 23 integrity, 42 syntax or access rule, 54 program limit.
+        return sqlstate[:2] in ("22", "23", "42", "54")
+    return isinstance(exc, (DataError, IntegrityError, ProgrammingError)) or not isinstance(exc, DBAPIError)
 
 
 def _is_disconnect(exc: BaseException) -> bool:
@@ -518,13 +568,16 @@ class SqlSession:
                 self._lease_held = claim and not self._storage.advisory
                 self._version = 0
                 return None
+            if claim:
+                if self._storage.advisory:
+                    conn.execute(_COUNT_CLAIM, {"w_id": saga_id})
+                else:
+                    self._claim_lease(conn, now)
             record = _load(conn, saga_id)
             if record is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
             self._version = int(conn.execute(select(wf_table.c.version)
                                               .where(wf_table.c.id == saga_id)).scalar_one())
-            if claim and not self._storage.advisory and not record.status.is_terminal:
-                self._claim_lease(conn, now)
             return record
 
     def _insert_new(self, conn: Connection, new: NewWorkflow, claim: bool) -> bool:
@@ -535,6 +588,9 @@ class SqlSession:
             version=0, created_at=new.now, updated_at=new.now, started_at=new.now if new.started else None,
             stuck_after=new.stuck_after, owner=self._token if lease else None,
             lease_expires_at=new.now + LEASE_DURATION if lease else None,
+            # The creating executor is the saga's first claim when it runs it.
+            claims=1 if claim else 0,
+            lock_key=self._lock_key if self._storage.advisory else None,
         )
         if self._storage.dialect == "postgresql" and new.steps:
             params: dict[str, Any] = {f"w_{c}": v for c, v in values.items()}
@@ -561,8 +617,11 @@ class SqlSession:
         return True
 
     def _claim_lease(self, conn: Connection, now: datetime) -> None:
-        row = conn.execute(select(wf_table.c.owner, wf_table.c.lease_expires_at)
-                           .where(wf_table.c.id == self._saga_id)).one()
+        row = conn.execute(select(wf_table.c.owner, wf_table.c.lease_expires_at, wf_table.c.status,
+                                  wf_table.c.version)
+                           .where(wf_table.c.id == self._saga_id)).first()
+        if row is None or WorkflowStatus(row.status).is_terminal:
+            return
         owner, expires = row.owner, row.lease_expires_at
         free = claim_is_free(owner, expires, now)
         if not free:
@@ -570,10 +629,9 @@ class SqlSession:
         if owner is not None:
             logger.warning("taking over saga %s from dead or expired executor %s", self._saga_id, owner,
                            extra={"saga_id": self._saga_id})
-        conn.execute(update(wf_table).where(wf_table.c.id == self._saga_id, wf_table.c.version == self._version)
+        conn.execute(update(wf_table).where(wf_table.c.id == self._saga_id, wf_table.c.version == row.version)
                      .values(owner=self._token, lease_expires_at=now + LEASE_DURATION,
-                             version=self._version + 1))
-        self._version += 1
+                             version=row.version + 1, claims=wf_table.c.claims + 1))
         self._lease_held = True
 
     def write(self, change: Change) -> None:
@@ -592,12 +650,12 @@ class SqlSession:
                         break
                     self._write_once(conn, change, expected)
                     break
-                except DBAPIError as exc:
+                except SagaLockedError:
+                    raise
+                except Exception as exc:
                     if not _is_disconnect(exc):
-                        raise StorageError(
-                            f"saving saga {self._saga_id!r} to {self._storage.url} failed: "
-                            f"{type(exc.orig).__name__}: {str(exc.orig).strip()}; nothing was written "
-                            "by this commit and the saga stays resumable", saga_id=self._saga_id) from exc
+                        raise self._write_failed(exc) from exc
+                    assert isinstance(exc, DBAPIError)
                     failure = exc
             if time.monotonic() > deadline:
                 raise StorageError(
@@ -615,6 +673,17 @@ class SqlSession:
         self._version = expected + 1
         if change.workflow.get("status") in _TERMINAL_VALUES:
             self._lease_held = False  # cleared by the final write itself
+
+    def _write_failed(self, exc: Exception) -> StorageError:
+        orig = getattr(exc, "orig", None) or exc
+        permanent = _is_permanent(exc)
+        # The driver's message only: SQLAlchemy's own carries the SQL and its parameters.
+        detail = truncate_error(f"{type(orig).__name__}: {str(orig).strip()}".split("\n")[0], 512)
+        then = ("the database refused the data itself, so the same write would fail again" if permanent
+                else "the saga stays resumable")
+        return StorageError(f"saving saga {self._saga_id!r} to {self._storage.url} failed: {detail}; "
+                            f"nothing was written by this commit and {then}",
+                            saga_id=self._saga_id, permanent=permanent)
 
     def _landed(self, conn: Connection, expected: int) -> bool:
         """After a reconnect: re-claim, then tell whether the lost commit landed."""
