@@ -18,13 +18,11 @@ from .clock import Clock, SystemClock
 from .codec import from_json, to_json
 from .definition import SagaDefinition
 from .errors import (
-    DeadLetterError,
     DefinitionChangedError,
     IdempotencyConflictError,
     IdempotencyRequiredError,
     SagaDefinitionError,
     SagaError,
-    SagaFailedError,
     SerializationError,
     UnknownSagaError,
 )
@@ -34,8 +32,8 @@ from .limits import MAX_CLAIMS_WITHOUT_PROGRESS, MAX_RETRY_COUNT, describe_excep
 from .locks import Lock
 from .records import QueryResult, SagaResult, WorkflowRecord
 from .registry import lookup
-from .runtime.executor import (SagaExecutor, cannot_drive_error, goes_backward, is_engine_failure,
-                               parked_values, stuck_allowance)
+from .runtime.executor import SagaExecutor, stuck_allowance
+from .runtime.outcomes import cannot_drive_error, goes_backward, is_engine_failure, parked_values, stored_failure
 from .saga import Saga
 from .status import WorkflowStatus
 from .storage.base import Change, NewStep, NewWorkflow, QueryFilter, Storage, StorageSession
@@ -338,7 +336,9 @@ class SagaEngine:
         values = parked_values(backward=goes_backward(record), reason=reason, cause=cause,
                                now=self.clock.now())
         await db(lambda: session.write(Change(workflow=values)))
-        await EventEmitter(self.events, record.id, record.saga_name).emit("dead_letter", error=cause)
+        parked = cannot_drive_error(record.id, record.saga_name, reason)
+        parked.__cause__ = cause
+        await EventEmitter(self.events, record.id, record.saga_name).emit("dead_letter", error=parked)
 
     def _executor(self, saga: Saga[Any], definition: SagaDefinition, session: StorageSession,
                   record: WorkflowRecord | None, started_at: datetime,
@@ -360,18 +360,7 @@ class SagaEngine:
                 else:
                     results[step.name] = step.result
             return SagaResult(record.id, record.status, results)
-        err = record.error
-        if record.status == WorkflowStatus.DEAD_LETTER:
-            raise DeadLetterError(
-                f"saga {record.id!r} ({record.saga_name}) is in dead letter: step "
-                f"{err.step_name if err else None!r} failed ({err.error if err else None}) and compensation "
-                f"failed ({err.compensation_error if err else None}); fix the cause, then "
-                f"`saga-admin retry {record.id}`", saga_id=record.id)
-        raise SagaFailedError(
-            f"saga {record.id!r} ({record.saga_name}) already failed at step "
-            f"{err.step_name if err else None!r}: {err.error if err else None}; every completed step was "
-            "compensated", saga_id=record.id, step_name=err.step_name if err else None,
-            error=err.error if err else None)
+        raise stored_failure(record)
 
     async def _offloaded(self, fn: Callable[[], T]) -> T:
         future = asyncio.get_running_loop().run_in_executor(self._db_pool, fn)

@@ -5,11 +5,20 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass, fields
-from typing import Any, Awaitable, Callable, Union
+from typing import Any, Awaitable, Callable, Literal, Union, get_args
 
-__all__ = ["SagaEvent", "SagaEvents", "EventHandler"]
+__all__ = ["SagaEvent", "SagaEvents", "EventHandler", "EventKind"]
 
 logger = logging.getLogger("sagadsl.events")
+
+#: What can happen to a saga: each kind is the name of a :class:`SagaEvents`
+#: callback without its ``on_`` prefix.
+EventKind = Literal[
+    "saga_start", "saga_complete", "saga_failed", "dead_letter",
+    "step_start", "step_complete", "step_failed", "step_retry", "step_skipped", "step_timeout",
+    "compensation_start", "compensation_complete", "compensation_failed", "compensation_retry",
+    "compensation_timeout",
+]
 
 
 @dataclass(frozen=True)
@@ -22,16 +31,21 @@ class SagaEvent:
         saga_name: The saga class's registered name.
         step: The step's name, or None for saga-level events.
         result: The step's result (``step_complete``, ``saga_complete``).
-        error: The exception, for failure, retry and timeout events.
+        error: The exception, for failure, retry and timeout events. For
+            ``saga_failed`` and ``dead_letter`` it is the error ``run``
+            raises: its ``step_name`` names the failing step and its
+            ``__cause__`` is that step's (or compensation's) exception.
         attempt: The 1-based attempt of a step or compensation.
-        duration: Seconds the step, compensation or saga took.
+        duration: Seconds the attempt took; for ``saga_complete``,
+            ``saga_failed`` and ``dead_letter``, seconds this execution of
+            the saga took (a resume counts from the resume).
         idempotency_key: The step's idempotency key (``self.step_key``), for
             step and compensation attempt events.
         resumed: For ``saga_start``: whether this execution resumes a stored
             saga (after a crash, by a worker, or after a retry from dead letter).
     """
 
-    kind: str
+    kind: EventKind
     saga_id: str
     saga_name: str
     step: str | None = None
@@ -66,6 +80,8 @@ class SagaEvents:
     on_compensation_start: EventHandler | None = None
     on_compensation_complete: EventHandler | None = None
     on_compensation_failed: EventHandler | None = None
+    on_compensation_retry: EventHandler | None = None
+    on_compensation_timeout: EventHandler | None = None
     on_dead_letter: EventHandler | None = None
 
     @staticmethod
@@ -113,10 +129,10 @@ class EventEmitter:
         self.saga_id = saga_id
         self.saga_name = saga_name
 
-    async def emit(self, kind: str, step: str | None = None, **details: Any) -> None:
+    async def emit(self, kind: EventKind, step: str | None = None, **details: Any) -> None:
         if self._events is None:
             return
-        handler: EventHandler | None = getattr(self._events, f"on_{kind}")
+        handler: EventHandler | None = getattr(self._events, _CALLBACKS[kind])
         if handler is None:
             return
         event = SagaEvent(kind, self.saga_id, self.saga_name, step, **details)
@@ -129,3 +145,8 @@ class EventEmitter:
         except Exception:
             logger.exception("sagadsl event handler for %s raised; ignored (saga %s, step %s)",
                              event.kind, event.saga_id, event.step)
+
+
+#: The callback of each kind, checked against :class:`SagaEvents` once, at import.
+_CALLBACKS: dict[str, str] = {kind: f"on_{kind}" for kind in get_args(EventKind)}
+assert set(_CALLBACKS.values()) == {f.name for f in fields(SagaEvents)}, "EventKind and SagaEvents disagree"

@@ -101,6 +101,13 @@ class CompensationPolicy:
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"CompensationPolicy: timeout must be > 0 seconds, got {self.timeout!r}")
 
+    def should_retry(self, error: BaseException, attempt: int) -> bool:
+        """Whether a failed ``attempt`` (1-based) gets another try: any error, until attempts run out.
+
+        An undo that gives up needs a person, so no error type is exempt.
+        """
+        return attempt < self.max_attempts
+
     def delay(self, failed_attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the ``failed_attempt``-th attempt failed."""
         return _delay(self.backoff, self.multiplier, self.max_backoff, self.jitter,

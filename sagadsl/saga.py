@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import sys
 import typing
-from contextvars import ContextVar
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .decorators import (
@@ -17,15 +17,12 @@ from .decorators import (
 from .definition import SagaDefinition, build_definition
 from .errors import SagaDefinitionError
 from .registry import register
+from .runtime.context import attempt_number, step_key
 
 __all__ = ["Saga", "SagaMeta", "InputT"]
 
 InputT = TypeVar("InputT")
 
-# Per step (not per saga instance), so that concurrent steps of one saga each
-# see their own key and attempt.
-_step_key: ContextVar[str | None] = ContextVar("sagadsl_step_key", default=None)
-_attempt: ContextVar[int | None] = ContextVar("sagadsl_attempt", default=None)
 
 
 def _is_marked(value: object) -> bool:
@@ -85,7 +82,13 @@ class SagaMeta(type):
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise SagaDefinitionError(f"{cls_name}: name= must be a non-empty string, got {name!r}")
         saga_name = name or f"{cls.__module__}:{cls.__qualname__}"
-        setattr(cls, "definition", build_definition(cls_name, saga_name, input_type, steps, compensations, cls))
+        # String annotations (``from __future__ import annotations``) may name
+        # types local to the function running the class statement, or to the
+        # class body itself: resolve them against both, as Python code would.
+        localns = {**sys._getframe(1).f_locals, **namespace}
+        definition = build_definition(cls_name, saga_name, input_type, steps, compensations, cls,
+                                      localns=localns)
+        setattr(cls, "definition", definition)
         setattr(cls, "saga_name", saga_name)
         register(saga_name, cls)  # type: ignore[arg-type]
         return cls
@@ -174,7 +177,7 @@ class Saga(Generic[InputT], metaclass=SagaMeta):
     @property
     def step_key(self) -> str:
         """The running step's idempotency key: the same for every attempt and resume."""
-        key = _step_key.get()
+        key = step_key.get()
         if key is None:
             raise RuntimeError(f"{type(self).__name__}.step_key is only available inside a step "
                                "or compensation")
@@ -183,7 +186,7 @@ class Saga(Generic[InputT], metaclass=SagaMeta):
     @property
     def attempt(self) -> int:
         """The running step's attempt, starting at 1."""
-        attempt = _attempt.get()
+        attempt = attempt_number.get()
         if attempt is None:
             raise RuntimeError(f"{type(self).__name__}.attempt is only available inside a step "
                                "or compensation")

@@ -85,7 +85,60 @@ def test_every_callback_is_a_field_of_saga_events() -> None:
         "on_saga_start", "on_saga_complete", "on_saga_failed", "on_step_start", "on_step_complete",
         "on_step_failed", "on_step_retry", "on_step_skipped", "on_step_timeout",
         "on_compensation_start", "on_compensation_complete", "on_compensation_failed",
-        "on_dead_letter"]
+        "on_compensation_retry", "on_compensation_timeout", "on_dead_letter"]
+
+
+def test_every_event_kind_has_its_callback() -> None:
+    from typing import get_args
+
+    from sagadsl.events import EventKind
+
+    assert sorted(f"on_{kind}" for kind in get_args(EventKind)) == sorted(f.name for f in fields(SagaEvents))
+
+
+class UndoRetried(Saga[Order], name="tests.events.undo_retried"):
+    @step(idempotency_key="reserve-{order_id}",
+          compensation=CompensationPolicy(max_attempts=2, backoff=0, timeout=0.05))
+    def reserve(self) -> str:
+        return "r-1"
+
+    @compensates(reserve)
+    async def release(self) -> None:
+        import asyncio
+
+        if self.attempt == 1:
+            await asyncio.sleep(10)  # the first attempt times out
+
+    @step(idempotency_key="charge-{order_id}")
+    def charge(self) -> None:
+        raise Declined("card declined")
+
+
+def test_a_compensation_that_times_out_and_is_retried_says_so_in_its_own_events(
+        observed: SagaEngine, recorder: Recorder) -> None:
+    with pytest.raises(SagaFailedError):
+        observed.run(UndoRetried, Order("o1"), saga_id="o1", idempotency_key="k1")
+    assert recorder.trace[-6:] == [
+        ("compensation_start", "reserve", 1), ("compensation_timeout", "reserve", 1),
+        ("compensation_retry", "reserve", 1),
+        ("compensation_start", "reserve", 2), ("compensation_complete", "reserve", 2),
+        ("saga_failed", None, None),
+    ]
+    assert "step_timeout" not in [kind for kind, _, _ in recorder.trace]
+    timeout = next(e for e in recorder.events if e.kind == "compensation_timeout")
+    assert isinstance(timeout.error, StepTimeoutError)
+
+
+def test_saga_level_events_carry_the_duration_of_the_execution(observed: SagaEngine,
+                                                                recorder: Recorder) -> None:
+    observed.run(Checkout, Order("o1"), saga_id="o1", idempotency_key="k1")
+    with pytest.raises(SagaFailedError):
+        observed.run(Checkout, Order("o2", fail=True), saga_id="o2", idempotency_key="k2")
+    with pytest.raises(CompensationFailedError):
+        observed.run(Checkout, Order("o3", fail=True, break_undo=True), saga_id="o3", idempotency_key="k3")
+    ends = [e for e in recorder.events if e.kind in ("saga_complete", "saga_failed", "dead_letter")]
+    assert [e.kind for e in ends] == ["saga_complete", "saga_failed", "dead_letter"]
+    assert all(e.duration is not None and e.duration >= 0 for e in ends)
 
 
 def test_events_of_a_successful_saga(observed: SagaEngine, recorder: Recorder) -> None:

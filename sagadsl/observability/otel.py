@@ -67,6 +67,19 @@ class _Execution:
     attempts: dict[tuple[str, str], _Attempt] = field(default_factory=dict)
 
 
+def _root_cause(event: SagaEvent) -> tuple[BaseException | None, str | None]:
+    """The exception a saga-level failure event is about, and the step that failed.
+
+    Such an event carries the error ``run`` raises; the span records what
+    the step (or compensation) itself raised, and the step's name.
+    """
+    error = event.error
+    step = getattr(error, "step_name", None)
+    if error is not None and error.__cause__ is not None:
+        error = error.__cause__
+    return error, step
+
+
 def _current_task() -> asyncio.Task[object] | None:
     try:
         return asyncio.current_task()
@@ -154,12 +167,14 @@ class OpenTelemetryEvents:
             on_step_skipped=self._step_skipped,
             on_step_start=self._attempt_start,
             on_step_complete=self._attempt_complete,
-            on_step_retry=self._step_retry,
-            on_step_timeout=self._step_timeout,
+            on_step_retry=self._attempt_retry,
+            on_step_timeout=self._attempt_timeout,
             on_step_failed=self._attempt_failed,
             on_compensation_start=self._attempt_start,
             on_compensation_complete=self._attempt_complete,
             on_compensation_failed=self._attempt_failed,
+            on_compensation_retry=self._attempt_retry,
+            on_compensation_timeout=self._attempt_timeout,
         )
 
     # -- gauges -------------------------------------------------------------------
@@ -246,15 +261,16 @@ class OpenTelemetryEvents:
     def _saga_failed(self, event: SagaEvent) -> None:
         execution = self._finish_execution(event)
         if execution is not None:
-            self._end_execution(execution, "failed", _describe(event.error) or "a step failed",
-                                event.error, event.step)
+            cause, step = _root_cause(event)
+            self._end_execution(execution, "failed", _describe(cause) or "a step failed", cause, step)
             self._failed.add(1, {"saga.name": execution.saga_name})
 
     def _dead_letter(self, event: SagaEvent) -> None:
         execution = self._finish_execution(event)
         if execution is not None:
-            self._end_execution(execution, "dead_letter",
-                                _describe(event.error) or "a compensation failed", event.error, event.step)
+            cause, step = _root_cause(event)
+            self._end_execution(execution, "dead_letter", _describe(cause) or "a compensation failed",
+                                cause, step)
             self._dead_lettered.add(1, {"saga.name": execution.saga_name})
 
     def _finish_execution(self, event: SagaEvent) -> _Execution | None:
@@ -291,14 +307,6 @@ class OpenTelemetryEvents:
             return
         phase = FORWARD if event.kind == "step_start" else COMPENSATE
         key = (event.step, phase)
-        earlier = execution.attempts.pop(key, None)
-        if earlier is not None:
-            # Only compensation retries get here: their failed attempts
-            # report no event of their own, the next attempt tells.
-            self._end_attempt(earlier, "retried", "the attempt failed and was retried")
-            self._record_duration(execution, event.step, phase, "retried", earlier)
-            self._retries.add(1, {"saga.name": execution.saga_name, "saga.step": event.step,
-                                  "saga.phase": phase})
         if not execution.span.is_recording():
             # Tracing is off (no SDK configured, or the saga was not sampled):
             # keep only what the metrics need, and skip span and context work.
@@ -331,24 +339,26 @@ class OpenTelemetryEvents:
             self._compensations.add(1, {"saga.name": execution.saga_name, "saga.step": step,
                                         "saga.outcome": outcome})
 
-    def _step_retry(self, event: SagaEvent) -> None:
+    def _attempt_retry(self, event: SagaEvent) -> None:
+        phase = FORWARD if event.kind == "step_retry" else COMPENSATE
         execution = self._executions.get(event.saga_id)
         if execution is None or event.step is None:
             return
         self._retries.add(1, {"saga.name": execution.saga_name, "saga.step": event.step,
-                              "saga.phase": FORWARD})
-        found = self._pop_attempt(event, FORWARD)
+                              "saga.phase": phase})
+        found = self._pop_attempt(event, phase)
         if found is not None:  # None after a timeout, which already ended the attempt
             _, step, attempt = found
             self._end_attempt(attempt, "retried", _describe(event.error), event.error)
-            self._record_duration(execution, step, FORWARD, "retried", attempt)
+            self._record_duration(execution, step, phase, "retried", attempt)
 
-    def _step_timeout(self, event: SagaEvent) -> None:
-        found = self._pop_attempt(event, FORWARD)
+    def _attempt_timeout(self, event: SagaEvent) -> None:
+        phase = FORWARD if event.kind == "step_timeout" else COMPENSATE
+        found = self._pop_attempt(event, phase)
         if found is not None:
             execution, step, attempt = found
             self._end_attempt(attempt, "timed_out", _describe(event.error), event.error)
-            self._record_duration(execution, step, FORWARD, "timed_out", attempt, event.duration)
+            self._record_duration(execution, step, phase, "timed_out", attempt, event.duration)
 
     def _attempt_failed(self, event: SagaEvent) -> None:
         phase = FORWARD if event.kind == "step_failed" else COMPENSATE

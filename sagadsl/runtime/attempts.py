@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import random
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from enum import Enum
+from typing import Any, Callable, Protocol
 
 from ..clock import Clock
 from ..errors import ExecutionTimeoutError, SerializationError, StepTimeoutError
-from ..events import EventEmitter
-from ..saga import _attempt, _step_key
+from ..events import EventEmitter, EventKind
+from .context import attempt_number, step_key
 
-__all__ = ["AttemptOutcome", "call_with_retries", "Budget"]
+__all__ = ["AttemptOutcome", "AttemptPolicy", "Budget", "Call", "Phase", "Runtime", "call_with_retries"]
 
 
 @dataclass(frozen=True)
@@ -102,34 +104,78 @@ async def _invoke(func: Callable[..., Any], kwargs: dict[str, Any], is_async: bo
     raise _TimedOut()
 
 
+class Phase(str, Enum):
+    """Whether an attempt runs a step forward or compensates one; selects its events."""
+
+    STEP = "step"
+    COMPENSATION = "compensation"
+
+
+_KINDS: dict[Phase, tuple[EventKind, EventKind, EventKind, EventKind]] = {
+    # start, complete, retry, timeout
+    Phase.STEP: ("step_start", "step_complete", "step_retry", "step_timeout"),
+    Phase.COMPENSATION: ("compensation_start", "compensation_complete", "compensation_retry",
+                         "compensation_timeout"),
+}
+
+
+class AttemptPolicy(Protocol):
+    """What ``call_with_retries`` needs of a policy (RetryPolicy and CompensationPolicy have it)."""
+
+    @property
+    def max_attempts(self) -> int: ...
+
+    def should_retry(self, error: BaseException, attempt: int) -> bool: ...
+
+    def delay(self, failed_attempt: int, rng: random.Random | None = None) -> float: ...
+
+
+@dataclass(frozen=True)
+class Call:
+    """One step or compensation method to call, with what identifies it."""
+
+    func: Callable[..., Any]
+    kwargs: dict[str, Any]
+    is_async: bool
+    #: The step's idempotency key (``self.step_key`` inside the call).
+    key: str
+    #: ``Class.method``, for messages.
+    where: str
+    #: The step's name (a compensation's events name the step it undoes).
+    step: str
+    phase: Phase
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every attempt of one saga shares: time, threads and events."""
+
+    clock: Clock
+    pool: Executor
+    emitter: EventEmitter
+
+
 async def call_with_retries(
+    call: Call,
+    policy: AttemptPolicy,
     *,
-    func: Callable[..., Any],
-    kwargs: dict[str, Any],
-    is_async: bool,
-    key: str,
-    where: str,
-    step: str,
-    max_attempts: int,
-    should_retry: Callable[[Exception, int], bool],
-    delay: Callable[[int], float],
     timeout: float | None,
     budget: Budget | None,
-    clock: Clock,
-    pool: Executor,
-    emitter: EventEmitter,
-    phase: str,
+    runtime: Runtime,
     durable: Callable[[Any], tuple[Any, Any]] | None = None,
 ) -> AttemptOutcome:
-    """Run ``func`` until it succeeds or its attempts are used up.
+    """Run ``call`` until it succeeds or ``policy`` gives up.
 
-    ``phase`` is ``"step"`` or ``"compensation"`` and selects the events.
+    Each attempt is bounded by ``timeout`` and by what is left of ``budget``.
     ``durable`` turns a step's result into ``(value, stored JSON)``: the value
     is the JSON decoded back, which later steps receive, so they see on the
     first run what they would see after a resume. Failing to store the value
     fails the step at once (a retry would return the same value); the value
     it returned is kept in the outcome for its compensation.
     """
+    clock, emitter = runtime.clock, runtime.emitter
+    start_kind, complete_kind, retry_kind, timeout_kind = _KINDS[call.phase]
+    step, key, where = call.step, call.key, call.where
     started = clock.now()
     attempt = 0
     while True:
@@ -144,13 +190,13 @@ async def call_with_retries(
                     return AttemptOutcome(False, None, attempt - 1, started, clock.now(), error)
                 if limit is None or remaining < limit:
                     limit, bounded_by_budget = remaining, True
-        _step_key.set(key)
-        _attempt.set(attempt)
-        await emitter.emit(f"{phase}_start", step, attempt=attempt, idempotency_key=key)
+        step_key.set(key)
+        attempt_number.set(attempt)
+        await emitter.emit(start_kind, step, attempt=attempt, idempotency_key=key)
         t0 = time.perf_counter()
         returned: tuple[Any] | None = None
         try:
-            value = await _invoke(func, kwargs, is_async, limit, pool)
+            value = await _invoke(call.func, call.kwargs, call.is_async, limit, runtime.pool)
             returned = (value,)
             encoded = None
             if durable is not None:
@@ -158,12 +204,12 @@ async def call_with_retries(
         except _TimedOut:
             if bounded_by_budget and budget is not None:
                 error = budget.exceeded_error(where)
-                await emitter.emit("step_timeout", step, error=error, attempt=attempt,
+                await emitter.emit(timeout_kind, step, error=error, attempt=attempt,
                                    duration=time.perf_counter() - t0, idempotency_key=key)
                 return AttemptOutcome(False, None, attempt, started, clock.now(), error)
             error = StepTimeoutError(f"{where} took longer than its timeout of {limit or 0:g}s "
                                      f"(attempt {attempt})")
-            await emitter.emit("step_timeout", step, error=error, attempt=attempt,
+            await emitter.emit(timeout_kind, step, error=error, attempt=attempt,
                                duration=time.perf_counter() - t0, idempotency_key=key)
         except SerializationError as exc:
             if returned is None:  # raised by the step itself: an ordinary failure
@@ -174,11 +220,10 @@ async def call_with_retries(
             error = exc
         else:
             duration = time.perf_counter() - t0
-            await emitter.emit(f"{phase}_complete", step, result=value, attempt=attempt, duration=duration,
+            await emitter.emit(complete_kind, step, result=value, attempt=attempt, duration=duration,
                                idempotency_key=key)
             return AttemptOutcome(True, (value, encoded), attempt, started, clock.now())
-        if attempt >= max_attempts or not should_retry(error, attempt):
+        if attempt >= policy.max_attempts or not policy.should_retry(error, attempt):
             return AttemptOutcome(False, None, attempt, started, clock.now(), error)
-        if phase == "step":
-            await emitter.emit("step_retry", step, error=error, attempt=attempt, idempotency_key=key)
-        await clock.sleep(delay(attempt))
+        await emitter.emit(retry_kind, step, error=error, attempt=attempt, idempotency_key=key)
+        await clock.sleep(policy.delay(attempt))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,18 +17,18 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 from ..clock import Clock
 from ..codec import from_json, to_json
 from ..definition import SagaDefinition, StepDefinition
-from ..errors import (CompensationFailedError, DeadLetterError, SagaError, SagaFailedError, SagaLockedError,
-                      SerializationError, StorageError)
+from ..errors import SerializationError
 from ..events import EventEmitter
 from ..limits import MAX_EXECUTION_DURATION, describe_exception, format_traceback, truncate_error
 from ..records import SagaResult, WorkflowRecord
 from ..saga import Saga
 from ..status import StepStatus, WorkflowStatus
 from ..storage.base import Change, StorageSession
-from .attempts import AttemptOutcome, Budget, call_with_retries
+from .attempts import AttemptOutcome, Budget, Call, Phase, Runtime, call_with_retries
+from .outcomes import (cannot_drive_error, dead_letter_error, failed_error, goes_backward, is_engine_failure,
+                       parked_values)
 
-__all__ = ["SagaExecutor", "stuck_allowance", "goes_backward", "parked_values", "cannot_drive_error",
-           "is_engine_failure"]
+__all__ = ["SagaExecutor", "stuck_allowance"]
 
 logger = logging.getLogger("sagadsl.executor")
 T = TypeVar("T")
@@ -50,59 +51,6 @@ def stuck_allowance(definition: SagaDefinition) -> timedelta:
         waits = sum(policy.delay(i) for i in range(1, policy.max_attempts))
         worst = max(worst, timedelta(seconds=policy.timeout * policy.max_attempts + waits))
     return min(worst, MAX_EXECUTION_DURATION) + STUCK_GRACE
-
-
-def goes_backward(record: WorkflowRecord) -> bool:
-    """Whether a stored saga resumes by compensating (else it goes forward).
-
-    A saga the engine parked while going forward carries an error with no
-    step (and a retry clears it): it resumes forward.
-    """
-    if record.status == WorkflowStatus.COMPENSATING:
-        return True
-    err = record.error
-    return err is not None and (err.step_name is not None or err.compensation_error is not None)
-
-
-def parked_values(*, backward: bool, reason: str, cause: BaseException, now: datetime) -> dict[str, Any]:
-    """The saga row's values that park it in dead letter because the engine cannot drive it.
-
-    A saga going backward keeps its original error and records the reason
-    as its compensation error, so a retry continues the compensation; one
-    going forward records the reason as an error of no step, so a retry
-    resumes it forward.
-    """
-    values: dict[str, Any] = {"status": WorkflowStatus.DEAD_LETTER.value, "stuck_after": None,
-                              "updated_at": now}
-    if backward:
-        values.update(compensation_error=truncate_error(reason),
-                      compensation_traceback=format_traceback(cause))
-    else:
-        values.update(error_step=None, error=truncate_error(reason), error_at=now,
-                      error_traceback=format_traceback(cause), compensation_error=None)
-    return values
-
-
-def cannot_drive_error(saga_id: str, saga_name: str, reason: str) -> DeadLetterError:
-    """What ``run`` raises after the engine parked a saga it cannot drive."""
-    return DeadLetterError(f"saga {saga_id!r} ({saga_name}) cannot be driven and was moved to dead letter: "
-                           f"{truncate_error(reason)}. Fix the cause, then `saga-admin retry {saga_id}`",
-                           saga_id=saga_id)
-
-
-def is_engine_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is the engine's own machinery failing for one saga, so it must be parked.
-
-    Not the saga's own outcome, not a claim lost to another executor, and
-    not a storage failure that may pass (the saga stays resumable then).
-    """
-    if not isinstance(exc, Exception):
-        return False
-    if isinstance(exc, (SagaFailedError, CompensationFailedError, DeadLetterError, SagaLockedError)):
-        return False
-    if isinstance(exc, StorageError):
-        return exc.permanent
-    return True
 
 
 @dataclass
@@ -140,7 +88,9 @@ class SagaExecutor:
         self.clock = clock
         self.pool = pool
         self.emitter = emitter
+        self.runtime = Runtime(clock, pool, emitter)
         self._db = db
+        self._t0 = time.perf_counter()
         self.saga_id = saga.saga_id
         self.where_cls = definition.class_name
         self.budget = Budget(started_at + MAX_EXECUTION_DURATION, self.saga_id)
@@ -222,9 +172,12 @@ class SagaExecutor:
                      exc_info=cause, extra={"saga_id": self.saga_id, "step": None})
         values = parked_values(backward=self.backward, reason=reason, cause=cause, now=self.clock.now())
         await self._db(lambda: self.session.write(Change(workflow=values)))
-        await self.emitter.emit("dead_letter", error=cause)
+        parked = cannot_drive_error(self.saga_id, self.definition.name, reason)
+        parked.__cause__ = cause
+        await self.emitter.emit("dead_letter", error=parked, duration=time.perf_counter() - self._t0)
 
     async def _execute(self, resumed: bool) -> SagaResult:
+        self._t0 = time.perf_counter()
         await self.emitter.emit("saga_start", resumed=resumed)
         logger.debug("saga %s %s", self.saga_id, "resumed" if resumed else "started",
                      extra={"saga_id": self.saga_id, "step": None})
@@ -235,7 +188,8 @@ class SagaExecutor:
         if not self.backward:
             failure = await self._forward()
             if failure is None:
-                await self.emitter.emit("saga_complete", result=dict(self.results))
+                await self.emitter.emit("saga_complete", result=dict(self.results),
+                                        duration=time.perf_counter() - self._t0)
                 logger.debug("saga %s completed", self.saga_id, extra={"saga_id": self.saga_id, "step": None})
                 return SagaResult(self.saga_id, WorkflowStatus.COMPLETED, dict(self.results))
             self.error_step = failure.step
@@ -244,27 +198,19 @@ class SagaExecutor:
         else:
             cause = None
         comp_error, comp_cause = await self._backward()
+        duration = time.perf_counter() - self._t0
         if comp_error is None:
-            failed = SagaFailedError(
-                f"saga {self.saga_id!r} ({self.definition.name}) failed at step {self.error_step!r}: "
-                f"{self.error_text}; every completed step was compensated",
-                saga_id=self.saga_id, step_name=self.error_step, error=self.error_text,
-            )
+            failed = failed_error(self.saga_id, self.definition.name, self.error_step, self.error_text)
             failed.__cause__ = cause
             # Saga-level events name no step; the error they carry names it.
-            await self.emitter.emit("saga_failed", error=failed)
+            await self.emitter.emit("saga_failed", error=failed, duration=duration)
             logger.info("saga %s failed at step %s; every completed step was compensated", self.saga_id,
                         self.error_step, extra={"saga_id": self.saga_id, "step": None})
             raise failed
-        dead = CompensationFailedError(
-            f"saga {self.saga_id!r} ({self.definition.name}) is in dead letter: step {self.error_step!r} "
-            f"failed ({self.error_text}) and a compensation failed too ({comp_error}); fix the cause, "
-            f"then `saga-admin retry {self.saga_id}`",
-            saga_id=self.saga_id, step_name=self.error_step, error=self.error_text,
-            compensation_error=comp_error,
-        )
+        dead = dead_letter_error(self.saga_id, self.definition.name, self.error_step, self.error_text,
+                                 comp_error)
         dead.__cause__ = comp_cause
-        await self.emitter.emit("dead_letter", error=dead)
+        await self.emitter.emit("dead_letter", error=dead, duration=duration)
         logger.warning("saga %s moved to dead letter: %s", self.saga_id, comp_error,
                        extra={"saga_id": self.saga_id, "step": None})
         raise dead
@@ -360,12 +306,9 @@ class SagaExecutor:
             except Exception as exc:  # a constructor of the annotated type raised
                 raise SerializationError(f"{what}: decoding it back failed: {describe_exception(exc)}") from exc
 
-        return await call_with_retries(
-            func=getattr(self.saga, s.name), kwargs=kwargs, is_async=s.is_async, key=self.keys[s.name],
-            where=where, step=s.name, max_attempts=s.retry.max_attempts, should_retry=s.retry.should_retry,
-            delay=s.retry.delay, timeout=s.timeout, budget=self.budget, clock=self.clock, pool=self.pool,
-            emitter=self.emitter, phase="step", durable=durable,
-        )
+        call = Call(getattr(self.saga, s.name), kwargs, s.is_async, self.keys[s.name], where, s.name, Phase.STEP)
+        return await call_with_retries(call, s.retry, timeout=s.timeout, budget=self.budget,
+                                       runtime=self.runtime, durable=durable)
 
     async def _compensate_unstored(self, s: StepDefinition, value: Any) -> dict[str, Any]:
         """Compensate step ``s`` with the value it returned; its row's compensation columns."""
@@ -546,13 +489,9 @@ class SagaExecutor:
         if comp.result_param is not None:
             kwargs[comp.result_param] = self.results.get(name, result)
         policy = s.compensation_policy
-        return await call_with_retries(
-            func=getattr(self.saga, comp.method_name), kwargs=kwargs, is_async=comp.is_async,
-            key=self.keys[name], where=f"{self.where_cls}.{comp.method_name}", step=name,
-            max_attempts=policy.max_attempts, should_retry=lambda e, a: True, delay=policy.delay,
-            timeout=policy.timeout, budget=None, clock=self.clock, pool=self.pool,
-            emitter=self.emitter, phase="compensation",
-        )
+        call = Call(getattr(self.saga, comp.method_name), kwargs, comp.is_async, self.keys[name],
+                    f"{self.where_cls}.{comp.method_name}", name, Phase.COMPENSATION)
+        return await call_with_retries(call, policy, timeout=policy.timeout, budget=None, runtime=self.runtime)
 
 
 async def _cancel(running: Iterable[asyncio.Future[Any]]) -> None:
