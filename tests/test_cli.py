@@ -7,6 +7,7 @@ and ``ship-waiting`` pending and stuck (submitted two hours ago).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,17 +17,24 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from sqlalchemy.engine import make_url
 
-from sagadsl import CompensationFailedError, SagaEngine
+from sagadsl import CompensationFailedError, CompensationPolicy, Saga, SagaEngine, compensates, step
 from sagadsl.cli import cli, main
+from sagadsl.records import ErrorInfo, StepRecord, WorkflowRecord
+from sagadsl.status import StepStatus, WorkflowStatus
 from sagadsl.storage import SqlStorage
+from sagadsl.storage.models import steps as steps_table
+from sagadsl.storage.models import workflows as wf_table
 from sagadsl.storage.schema import head_revision
 from sagadsl.storage.sql import mask_url
+from sagadsl.testing import FakeClock
 from tests import cli_sagas
 from tests.cli_sagas import Parcel, Shipping
 
@@ -145,8 +153,8 @@ def test_list_shows_a_table_of_every_saga_and_the_total(db: Db) -> None:
     rows = [line.split() for line in lines[2:6]]
     assert [r[:4] for r in rows] == [
         ["ship-ok", "demo.shipping", "completed", "hand_to_carrier"],
-        ["ship-lost", "demo.shipping", "failed", "reserve_slot"],
-        ["ship-jammed", "demo.shipping", "dead_letter", "reserve_slot"],
+        ["ship-lost", "demo.shipping", "failed", "hand_to_carrier"],
+        ["ship-jammed", "demo.shipping", "dead_letter", "hand_to_carrier"],
         ["ship-waiting", "demo.shipping", "pending", "(stuck)", "-"][:4],
     ]
     assert rows[3][4] == "-" and rows[3][5] == "0/10" and rows[3][6].startswith("2h0")
@@ -236,7 +244,7 @@ def test_show_prints_input_steps_compensations_error_and_position(db: Db) -> Non
     assert out.startswith("Saga ship-jammed\n")
     assert "status           dead_letter\n" in out
     assert "retries          0 of 10\n" in out
-    assert ("position         step 1 of 3 (reserve_slot), stopped; steps: 1 failed, 1 compensated, "
+    assert ("position         step 3 of 3 (hand_to_carrier), stopped; steps: 1 failed, 1 compensated, "
             "1 compensation_failed\n") in out
     input_line = next(line for line in out.splitlines() if line.startswith("input "))
     assert json.loads(input_line[len("input"):]) == {"parcel_id": "jammed", "grams": 1200,
@@ -264,7 +272,7 @@ def test_show_json_document(db: Db) -> None:
     assert doc["id"] == "ship-jammed" and doc["saga"] == "demo.shipping" and doc["status"] == "dead_letter"
     assert doc["input"] == {"parcel_id": "jammed", "grams": 1200, "outcome": "jammed"}
     assert doc["idempotency_key"] == "k-jammed" and doc["retry_count"] == 0 and doc["max_retries"] == 10
-    assert doc["position"] == {"current_step": "reserve_slot", "index": 1, "of": 3, "phase": "stopped",
+    assert doc["position"] == {"current_step": "hand_to_carrier", "index": 3, "of": 3, "phase": "stopped",
                                "steps_by_status": {"pending": 0, "completed": 0, "failed": 1,
                                                    "compensated": 1, "compensation_failed": 1}}
     assert [(s["name"], s["status"], s["attempts"], s["idempotency_key"]) for s in doc["steps"]] == [
@@ -706,3 +714,264 @@ def test_no_output_contains_the_password(command: list[str], secret_pg: tuple[st
     if command[0] != "graph" and "--bogus" not in command and "soon" not in command:
         assert attempts[2].exit_code == 1
         assert "root:***@127.0.0.1:1" in attempts[2].stderr
+
+
+# -- values that look like rich markup ----------------------------------------
+
+HOSTILE = ["[/]", "[bold red]x", "[link=http://x]", ":thumbs_up:"]
+
+
+class Markup(Saga[Parcel], name="[link=http://x]demo.markup[/]"):
+    """A saga whose ids, keys, inputs, results and errors all look like rich markup."""
+
+    @step(idempotency_key="[/]slot-{parcel_id}", compensation=CompensationPolicy(max_attempts=1))
+    def reserve(self) -> str:
+        return f"[bold red]x result {self.input.parcel_id}"
+
+    @compensates(reserve)
+    def release(self, slot: str) -> None:
+        if self.input.outcome == "jammed":
+            raise ConnectionError(f"[/] release of {slot} refused [bold red]x")
+
+    @step(idempotency_key="[link=http://x]{parcel_id}")
+    def ship(self) -> str:
+        raise RuntimeError(f"[link=http://x]carrier[/link] rejected {self.input.parcel_id} [/]")
+
+
+@pytest.fixture
+def hostile_db(durable_url: tuple[str, str | None]) -> Iterator[Db]:
+    """One dead-letter saga per hostile id, and one pending (stuck) saga."""
+    url, schema = durable_url
+    with SagaEngine(SqlStorage(url, schema=schema)) as engine:
+        for saga_id in HOSTILE:
+            with pytest.raises(CompensationFailedError):
+                engine.run(Markup, Parcel(saga_id, 1, "jammed"), saga_id=saga_id,
+                           idempotency_key=f"{saga_id}[/]")
+    with SagaEngine(SqlStorage(url, schema=schema),
+                    clock=FakeClock(datetime.now(timezone.utc) - timedelta(hours=2))) as past:
+        past.submit(Markup, Parcel("[/]wait", 1), saga_id="[bold]waiting[/]", idempotency_key="[/]k")
+    yield Db(url, schema)
+
+
+def test_list_prints_markup_like_values_literally(hostile_db: Db) -> None:
+    result = run(*hostile_db.options, "list")
+    assert result.exit_code == 0, result.stderr
+    rows = [" ".join(line.split()) for line in result.stdout.splitlines()[2:-1] if line.strip()]
+    assert len(rows) == 5
+    for saga_id in HOSTILE:
+        assert sum(row.startswith(f"{saga_id} [link=http://x]demo.markup[/] dead_letter ship 0/10 ")
+                   for row in rows) == 1, rows
+    assert sum(row.startswith("[bold]waiting[/] [link=http://x]demo.markup[/] pending (stuck) - 0/10 ")
+               for row in rows) == 1, rows
+    assert "\x1b" not in result.stdout
+
+
+@pytest.mark.parametrize("saga_id", HOSTILE)
+def test_show_prints_markup_like_values_literally(hostile_db: Db, saga_id: str) -> None:
+    result = run(*hostile_db.options, "show", saga_id)
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert out.startswith(f"Saga {saga_id}\n")
+    assert "saga             [link=http://x]demo.markup[/]\n" in out
+    assert f"idempotency key  {saga_id}[/]\n" in out
+    assert f'"parcel_id": "{saga_id}"' in out
+    steps = {line.split()[1]: line for line in out.split("Steps\n")[1].splitlines()[3:5]}
+    assert f"[/]slot-{saga_id}" in steps["reserve"]
+    assert f"[link=http://x]{saga_id}" in steps["ship"]
+    assert f"RuntimeError: [link=http://x]carrier[/link] rejected {saga_id} [/]" in " ".join(out.split())
+    assert f"[/] release of [bold red]x result {saga_id} refused [bold red]x" in " ".join(out.split())
+    assert "\x1b" not in out
+
+
+def test_dead_letter_and_stats_print_markup_like_values_literally(hostile_db: Db) -> None:
+    result = run(*hostile_db.options, "dead-letter")
+    assert result.exit_code == 0, result.stderr
+    flat = " ".join(result.stdout.split())
+    for saga_id in HOSTILE:
+        assert f"{saga_id} [link=http://x]demo.markup[/] retries 0/10" in flat
+        assert f"RuntimeError: [link=http://x]carrier[/link] rejected {saga_id} [/]" in flat
+    stats = run(*hostile_db.options, "stats")
+    assert stats.exit_code == 0, stats.stderr
+    assert "oldest pending  [bold]waiting[/] ([link=http://x]demo.markup[/]), created 2h" in stats.stdout
+
+
+def test_json_output_keeps_markup_like_values_verbatim(hostile_db: Db) -> None:
+    doc = json.loads(run(*hostile_db.options, "-o", "json", "show", "[/]").stdout)
+    assert doc["id"] == "[/]" and doc["saga"] == "[link=http://x]demo.markup[/]"
+    assert doc["error"]["error"] == "RuntimeError: [link=http://x]carrier[/link] rejected [/] [/]"
+
+
+# -- where a saga stopped ------------------------------------------------------
+
+
+def test_list_names_the_step_where_a_failed_saga_stopped(db: Db) -> None:
+    result = run(*db.options, "-o", "json", "list")
+    assert result.exit_code == 0, result.stderr
+    reached = {s["id"]: s["current_step"] for s in json.loads(result.stdout)["sagas"]}
+    assert reached == {"ship-ok": "hand_to_carrier", "ship-lost": "hand_to_carrier",
+                       "ship-jammed": "hand_to_carrier", "ship-waiting": None}
+
+
+def test_show_position_is_the_step_where_the_saga_stopped(db: Db) -> None:
+    for saga_id, phase, counts in [("ship-lost", "finished", "1 failed, 2 compensated"),
+                                   ("ship-jammed", "stopped",
+                                    "1 failed, 1 compensated, 1 compensation_failed"),
+                                   ("ship-ok", "finished", "3 completed")]:
+        result = run(*db.options, "show", saga_id)
+        assert result.exit_code == 0, result.stderr
+        assert (f"position         step 3 of 3 (hand_to_carrier), {phase}; steps: {counts}\n"
+                in result.stdout), result.stdout
+        doc = json.loads(run(*db.options, "-o", "json", "show", saga_id).stdout)
+        assert (doc["position"]["current_step"], doc["position"]["index"]) == ("hand_to_carrier", 3)
+
+
+def test_show_position_of_a_saga_stopped_midway(db: Db) -> None:
+    # A saga whose executor died after its first two steps: pending, at charge.
+    with db.engine() as engine:
+        engine.run(Shipping, Parcel("mid", 10), saga_id="ship-mid", idempotency_key="k-mid")
+    storage = SqlStorage(db.url, schema=db.schema)
+    try:
+        with storage.engine.begin() as conn:
+            conn.execute(sa.update(wf_table).where(wf_table.c.id == "ship-mid").values(
+                status="pending", current_step="charge"))
+            conn.execute(sa.update(steps_table)
+                         .where(steps_table.c.workflow_id == "ship-mid",
+                                steps_table.c.name == "hand_to_carrier")
+                         .values(status="pending", result=None, started_at=None, finished_at=None))
+    finally:
+        storage.close()
+    result = run(*db.options, "show", "ship-mid")
+    assert result.exit_code == 0, result.stderr
+    assert "position         step 2 of 3 (charge), forward; steps: 1 pending, 2 completed\n" in result.stdout
+    assert "deadline         " in result.stdout
+
+
+def test_show_prints_no_deadline_for_a_finished_saga(db: Db) -> None:
+    for saga_id in ("ship-ok", "ship-lost", "ship-jammed"):
+        result = run(*db.options, "show", saga_id)
+        assert result.exit_code == 0, result.stderr
+        assert "deadline" not in result.stdout
+        assert json.loads(run(*db.options, "-o", "json", "show", saga_id).stdout)["deadline"] is None
+    waiting = run(*db.options, "show", "ship-waiting")
+    assert "deadline         not started yet" in waiting.stdout
+
+
+# -- tracebacks ----------------------------------------------------------------
+
+
+def test_show_prints_the_stored_tracebacks(db: Db) -> None:
+    result = run(*db.options, "show", "ship-jammed")
+    assert result.exit_code == 0, result.stderr
+    after_error = result.stdout.split("\nError\n")[1]
+    step_tb = after_error.split("Traceback of the failing step (hand_to_carrier)\n")[1]
+    assert "Traceback (most recent call last):" in step_tb
+    assert 'in hand_to_carrier\n' in step_tb
+    assert "RuntimeError: carrier rejected parcel jammed: over the weight limit" in step_tb
+    comp_tb = after_error.split("Traceback of the failing compensation\n")[1]
+    assert "in refund\n" in comp_tb
+    assert "ConnectionError: refund of ch-jammed refused: payments service unavailable" in comp_tb
+    doc = json.loads(run(*db.options, "-o", "json", "show", "ship-jammed").stdout)
+    assert "RuntimeError: carrier rejected parcel jammed" in doc["error"]["traceback"]
+    assert "ConnectionError: refund of ch-jammed" in doc["error"]["compensation_traceback"]
+
+
+def test_show_without_tracebacks_prints_no_traceback_section(db: Db) -> None:
+    result = run(*db.options, "show", "ship-ok")
+    assert "Traceback" not in result.stdout
+    assert json.loads(run(*db.options, "-o", "json", "show", "ship-ok").stdout)["error"] is None
+
+
+def _record_with_tracebacks(tb: str | None, comp_tb: str | None) -> WorkflowRecord:
+    now = datetime.now(timezone.utc)
+    return WorkflowRecord(
+        id="[/]rec", saga_name="[bold]s", status=WorkflowStatus.DEAD_LETTER, input={"a": "[/]"},
+        idempotency_key="[/]", fingerprint="f", retry_count=0, created_at=now, updated_at=now,
+        started_at=now, current_step="first",
+        steps=(StepRecord("first", 0, "[/]k1", StepStatus.COMPENSATION_FAILED, result="[/]",
+                          compensation_error="[/] undo"),
+               StepRecord("second", 1, "k2", StepStatus.FAILED, error="[bold red]x")),
+        error=ErrorInfo("second", "[bold red]x", "[/] undo", now, traceback=tb,
+                        compensation_traceback=comp_tb))
+
+
+def test_show_tracebacks_of_a_built_record_are_escaped(monkeypatch: pytest.MonkeyPatch,
+                                                       sqlite_url: str) -> None:
+    SqlStorage(sqlite_url).close()
+    tb = ('Traceback (most recent call last):\n  File "[/]x.py", line 1, in second\n'
+          "    raise X('[link=http://x]')\nX: [bold red]x [/]")
+    record = _record_with_tracebacks(tb, "Traceback (most recent call last):\nY: [/] undo")
+    monkeypatch.setattr(SagaEngine, "get", lambda self, saga_id: record)
+    result = run("--database-url", sqlite_url, "show", "[/]rec")
+    assert result.exit_code == 0, result.stderr
+    assert "position         step 2 of 2 (second), stopped" in result.stdout
+    assert f"Traceback of the failing step (second)\n{tb}\n" in result.stdout.replace("\n  ", "\n  ")
+    assert "Traceback of the failing compensation\nTraceback (most recent call last):\nY: [/] undo" \
+        in result.stdout
+    doc = json.loads(run("--database-url", sqlite_url, "-o", "json", "show", "x").stdout)
+    assert doc["error"]["traceback"] == tb
+    assert doc["error"]["compensation_traceback"] == "Traceback (most recent call last):\nY: [/] undo"
+    none = _record_with_tracebacks(None, None)
+    monkeypatch.setattr(SagaEngine, "get", lambda self, saga_id: none)
+    doc = json.loads(run("--database-url", sqlite_url, "-o", "json", "show", "x").stdout)
+    assert doc["error"]["traceback"] is None and doc["error"]["compensation_traceback"] is None
+    assert "Traceback" not in run("--database-url", sqlite_url, "show", "x").stdout
+
+
+# -- passwords in query parameters ---------------------------------------------
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql+psycopg://u@h/db?password=secret", "postgresql+psycopg://u@h/db?password=***"),
+    ("postgresql+psycopg://u@h/db?sslpassword=secret&sslmode=require",
+     "postgresql+psycopg://u@h/db?sslmode=require&sslpassword=***"),
+    ("postgresql+psycopg://u:secret@h/db?password=secret&application_name=a",
+     "postgresql+psycopg://u:***@h/db?application_name=a&password=***"),
+    ("postgresql://u@h:port/db?PASSWORD=secret&x=1", "postgresql://u@h:port/db?PASSWORD=***&x=1"),
+    ("sqlite:///a.db", "sqlite:///a.db"),
+])
+def test_mask_url_masks_passwords_in_query_parameters(url: str, masked: str) -> None:
+    from sagadsl.urls import mask_url as moved
+
+    assert moved(url) == masked
+    assert mask_url(url) == masked  # still importable from sagadsl.storage.sql
+    assert "secret" not in moved(make_url(url) if "port/" not in url else url)
+
+
+def test_query_parameter_passwords_never_printed(secret_pg: tuple[str, str], sqlite_url: str) -> None:
+    url, schema = secret_pg
+    bare = url.replace(f":{PASSWORD}@", "@")
+    with_query = [f"{bare}?password={PASSWORD}", f"{bare}?sslpassword={PASSWORD}&password={PASSWORD}"]
+    for target in with_query:
+        unreachable = make_url(target).set(port=1).render_as_string(hide_password=False)
+        unparsable = target.replace("127.0.0.1", "127.0.0.1:notaport")
+        for command in (["db", "current"], ["-o", "json", "db", "current"], ["db", "check"],
+                        ["db", "upgrade"], ["list"], ["show", "nope"], ["worker", *SAGAS, "--once"]):
+            attempts = [run("--database-url", target, "--schema", schema, *command),
+                        run("--schema", schema, *command, env={"SAGADSL_DATABASE_URL": target}),
+                        run("--database-url", unreachable, *command),
+                        run("--database-url", unparsable, *command)]
+            for result in attempts:
+                printed = result.stdout + result.stderr
+                assert PASSWORD not in printed, (command, printed)
+            assert attempts[0].exit_code == 0 or command == ["show", "nope"], attempts[0].stderr
+            assert attempts[2].exit_code == 1 and "password=***" in attempts[2].stderr
+        current = run("--database-url", target, "--schema", schema, "db", "current")
+        assert "password=***" in current.stdout
+        worker = run("--database-url", target, "--schema", schema, "worker", *SAGAS, "--once")
+        assert "password=***" in worker.stderr and "worker started" in worker.stderr
+
+
+def test_control_characters_from_a_saga_are_shown_escaped(monkeypatch: pytest.MonkeyPatch,
+                                                          sqlite_url: str) -> None:
+    SqlStorage(sqlite_url).close()
+    record = _record_with_tracebacks("Traceback (most recent call last):\nX: \x1b[2J\x07gone", None)
+    assert record.error is not None
+    record = dataclasses.replace(record, id="\x1b]0;owned\x07id",
+                                 error=dataclasses.replace(record.error, error="bad\x1b[31m red"))
+    monkeypatch.setattr(SagaEngine, "get", lambda self, saga_id: record)
+    result = run("--database-url", sqlite_url, "show", "x")
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert result.stdout.startswith("Saga \\x1b]0;owned\\x07id\n")
+    assert "error               bad\\x1b[31m red\n" in result.stdout
+    assert "X: \\x1b[2J\\x07gone\n" in result.stdout

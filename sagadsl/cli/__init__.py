@@ -39,7 +39,15 @@ from ..registry import import_modules, lookup, registered_names
 from ..status import WorkflowStatus
 from ..storage.schema import check_schema, current_revision, head_revision, migrate
 from . import render
-from .app import DEFAULT_DATABASE_URL, AdminGroup, CliError, Settings, database_errors, settings_of
+from .app import (
+    DEFAULT_DATABASE_URL,
+    AdminGroup,
+    CliError,
+    RedactingFormatter,
+    Settings,
+    database_errors,
+    settings_of,
+)
 
 __all__ = ["cli", "main"]
 
@@ -174,7 +182,9 @@ def list_command(ctx: click.Context, statuses: tuple[str, ...], saga_name: str |
         grid = render.table("ID", "SAGA", "STATUS", "STEP REACHED", "RETRIES", "AGE", "UPDATED (UTC)")
         for w in page.workflows:
             status = w.status.value + (" (stuck)" if render.is_stuck(w, now) else "")
-            grid.add_row(w.id, w.saga_name, status, w.current_step or "-",
+            reached = render.reached_step(w)
+            grid.add_row(render.plain(w.id), render.plain(w.saga_name), status,
+                         render.plain(reached.name if reached else None),
                          f"{w.retry_count}/{MAX_RETRY_COUNT}", render.span(now - w.created_at),
                          render.clock_text(w.updated_at))
         parts.append(grid)
@@ -214,23 +224,30 @@ def _print_detail(record: WorkflowRecord, now: datetime) -> None:
     facts.add_column()
     status = record.status.value + (" (stuck: no progress within its timeouts)"
                                     if render.is_stuck(record, now) else "")
-    for label, value in [
+    rows = [
         ("saga", record.saga_name), ("status", status), ("idempotency key", record.idempotency_key),
         ("retries", f"{record.retry_count} of {MAX_RETRY_COUNT}"),
         ("position", render.position_text(record)),
         ("created", f"{render.clock_text(record.created_at)} UTC ({render.ago(record.created_at, now)})"),
         ("updated", f"{render.clock_text(record.updated_at)} UTC ({render.ago(record.updated_at, now)})"),
-        ("deadline", f"{render.clock_text(record.deadline)} UTC (15 min from the start of this run)"),
-        ("input", render.short(record.input, 200)),
-    ]:
-        facts.add_row(label, Text(value))
-    parts += [Text(f"Saga {record.id}", style="bold"), facts]
+    ]
+    # A finished saga has no budget left to run out: no deadline.
+    if not record.status.is_terminal:
+        deadline = render.deadline_of(record)
+        rows.append(("deadline", "not started yet (its 15 min budget starts when an executor takes it)"
+                     if deadline is None else
+                     f"{render.clock_text(deadline)} UTC (15 min from the start of this run)"))
+    rows.append(("input", render.short(record.input, 200)))
+    for label, value in rows:
+        facts.add_row(label, render.plain(value))
+    parts += [render.plain(f"Saga {record.id}", style="bold"), facts]
     steps = render.table("#", "STEP", "STATUS", "ATTEMPTS", "DURATION", "IDEMPOTENCY KEY",
                          "RESULT", title="Steps")
     for s in record.steps:
-        steps.add_row(str(s.position + 1), s.name, s.status.value, str(s.attempts),
-                      render.span(render.duration_of(s)), s.idempotency_key,
-                      Text(render.short(s.result) if s.error is None else render.short(s.error, raw=True)))
+        steps.add_row(str(s.position + 1), render.plain(s.name), s.status.value, str(s.attempts),
+                      render.span(render.duration_of(s)), render.plain(s.idempotency_key),
+                      render.plain(render.short(s.result) if s.error is None
+                                   else render.short(s.error, raw=True)))
     parts += ["", steps]
     compensations = render.compensations_of(record)
     if compensations:
@@ -238,18 +255,25 @@ def _print_detail(record: WorkflowRecord, now: datetime) -> None:
         for c in compensations:
             finished = render.clock_text(datetime.fromisoformat(c["finished_at"].replace("Z", "+00:00"))
                                          ) if c["finished_at"] else "-"
-            grid.add_row(c["step"], c["status"], finished, Text(c["error"] or "-"))
+            grid.add_row(render.plain(c["step"]), c["status"], finished, render.plain(c["error"]))
         parts += [grid]
     error = record.error
     if error is not None:
         block = Table.grid(padding=(0, 2))
         block.add_column(style="bold")
         block.add_column()
-        block.add_row("step", error.step_name or "-")
-        block.add_row("error", Text(error.error or "-"))
-        block.add_row("compensation error", Text(error.compensation_error or "-"))
+        block.add_row("step", render.plain(error.step_name))
+        block.add_row("error", render.plain(error.error))
+        block.add_row("compensation error", render.plain(error.compensation_error))
         block.add_row("at", f"{render.clock_text(error.timestamp)} UTC")
         parts += [Text("Error", style="bold"), block]
+        traceback, compensation_traceback = render.tracebacks_of(record)
+        if traceback:
+            title = "Traceback of the failing step" + (f" ({error.step_name})" if error.step_name else "")
+            parts += ["", render.plain(title, style="bold"), render.block(traceback)]
+        if compensation_traceback:
+            parts += ["", Text("Traceback of the failing compensation", style="bold"),
+                      render.block(compensation_traceback)]
     render.emit(*parts)
 
 
@@ -283,11 +307,12 @@ def dead_letter_command(ctx: click.Context, limit: int, offset: int) -> None:
         block = Table.grid(padding=(0, 2))
         block.add_column(style="bold")
         block.add_column()
-        block.add_row("  failed step", row["failed_step"] or "-")
-        block.add_row("  error", Text(row["error"] or "-"))
-        block.add_row("  compensation error", Text(row["compensation_error"] or "-"))
-        parts += [Text(f"{w.id}  {w.saga_name}  retries {w.retry_count}/{MAX_RETRY_COUNT}  failed at "
-                       f"{render.clock_text(w.error.timestamp if w.error else None)} UTC", style="bold"),
+        block.add_row("  failed step", render.plain(row["failed_step"]))
+        block.add_row("  error", render.plain(row["error"]))
+        block.add_row("  compensation error", render.plain(row["compensation_error"]))
+        parts += [render.plain(f"{w.id}  {w.saga_name}  retries {w.retry_count}/{MAX_RETRY_COUNT}  failed "
+                               f"at {render.clock_text(w.error.timestamp if w.error else None)} UTC",
+                               style="bold"),
                   block, ""]
     parts.append(f"showing {len(page.workflows)} of {page.total} in dead letter")
     render.emit(*parts)
@@ -457,8 +482,8 @@ def _stats_view(stats: dict[str, Any]) -> Group:
     facts.add_column(style="bold")
     facts.add_column()
     oldest = stats["oldest_pending"]
-    facts.add_row("oldest pending", "-" if oldest is None else
-                  f"{oldest['id']} ({oldest['saga']}), created {render.span(oldest['age_seconds'])} ago")
+    facts.add_row("oldest pending", render.plain(None if oldest is None else
+                  f"{oldest['id']} ({oldest['saga']}), created {render.span(oldest['age_seconds'])} ago"))
     facts.add_row("stuck", str(stats["stuck"]))
     facts.add_row("dead letter", str(stats["dead_letter"]))
     stamp = stats["at"].replace("T", " ").split(".")[0].rstrip("Z")
@@ -588,7 +613,8 @@ def worker_command(ctx: click.Context, modules: tuple[str, ...], concurrency: in
     _import(modules)
     engine = settings.engine()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # The worker logs its storage (with the URL); mask any password the formatter would write.
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     library_logger = logging.getLogger("sagadsl")
     previous_level = library_logger.level
     library_logger.addHandler(handler)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 import click
 from sqlalchemy import create_engine
@@ -25,14 +24,14 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from ..engine import DEFAULT_DATABASE_URL, SagaEngine
 from ..errors import SagaError
-from ..storage.sql import SqlStorage, mask_url
+from ..storage.sql import SqlStorage
+from ..urls import mask_url, secrets_in
 
-__all__ = ["DEFAULT_DATABASE_URL", "AdminGroup", "CliError", "Settings", "database_errors", "redacted",
-           "settings_of"]
+__all__ = ["DEFAULT_DATABASE_URL", "AdminGroup", "CliError", "RedactingFormatter", "Settings",
+           "database_errors", "redacted", "settings_of"]
 
 #: Set to 1 to let unexpected exceptions through with their traceback.
 DEBUG_ENV = "SAGADSL_CLI_DEBUG"
-_PASSWORD = re.compile(r"://[^:/@\s]*:([^@\s]*)@")
 _secrets: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("saga_admin_secrets",
                                                                          default=())
 
@@ -43,26 +42,18 @@ class CliError(click.ClickException):
     exit_code = 1
 
 
-def _passwords_in(text: str) -> set[str]:
-    found = set()
-    for match in _PASSWORD.finditer(text):
-        if match.group(1):
-            found.add(match.group(1))
-    with contextlib.suppress(Exception):
-        password = make_url(text).password
-        if password:
-            found.add(str(password))
-    # A password can appear percent-encoded in the URL and decoded in driver errors.
-    for secret in list(found):
-        found.update({unquote(secret), quote(secret, safe="")})
-    return {s for s in found if s}
-
-
 def redacted(text: str) -> str:
-    """``text`` with every known URL password replaced by ``***``."""
+    """``text`` with every known URL password (user info or query parameter) replaced by ``***``."""
     for secret in sorted(_secrets.get(), key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """A log formatter that masks the database URL's passwords in what it writes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redacted(super().format(record))
 
 
 def _one_line(text: str) -> str:
@@ -87,7 +78,7 @@ class AdminGroup(click.Group):
         argv = list(sys.argv[1:] if args is None else args)
         secrets: set[str] = set()
         for text in [*argv, os.environ.get("SAGADSL_DATABASE_URL", "")]:
-            secrets |= _passwords_in(text)
+            secrets |= secrets_in(text)
         token = _secrets.set(tuple(secrets))
         try:
             code = self._run(argv, prog_name, complete_var, **extra)

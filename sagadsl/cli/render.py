@@ -3,12 +3,18 @@
 The JSON documents are part of the public interface (documented in
 ``docs/how-to/saga-admin.md``): keys are only ever added, never renamed or
 removed. Times are ISO 8601 in UTC, durations are seconds.
+
+Everything shown comes from the database, where any saga may have put any
+text: ids, names, keys, inputs, results, errors and tracebacks are printed
+literally, never read as rich markup or emoji codes, and control characters
+are shown escaped so that a stored value cannot drive the terminal.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -16,24 +22,45 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..limits import MAX_RETRY_COUNT
 from ..records import StepRecord, WorkflowRecord
 from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
 
 __all__ = [
-    "ago", "clock_text", "compensations_of", "console", "dead_letter_json", "detail_json",
-    "duration_of", "emit", "is_stuck",
-    "iso", "position_json", "position_text", "print_json", "short", "span", "summary_json", "table",
+    "ago", "block", "clock_text", "compensations_of", "console", "dead_letter_json", "deadline_of",
+    "detail_json", "duration_of", "emit", "is_stuck", "iso", "plain", "position_json", "position_text",
+    "print_json", "reached_step", "short", "span", "summary_json", "table", "tracebacks_of",
 ]
 
 _COMPENSATION_STATUSES = (StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED)
+# C0 controls but newline and tab, DEL and C1 controls: ESC would let a stored value drive the terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def console() -> Console:
-    """A console on the current stdout; wide when stdout is not a terminal, so nothing wraps."""
+    """A console on the current stdout; wide when stdout is not a terminal, so nothing wraps.
+
+    Markup and emoji codes are off: every string printed is shown as it is.
+    """
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    return Console(file=sys.stdout, width=width, highlight=False, soft_wrap=False)
+    return Console(file=sys.stdout, width=width, highlight=False, soft_wrap=False, markup=False,
+                   emoji=False)
+
+
+def _visible(text: str) -> str:
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+
+
+def plain(value: Any, style: str = "") -> Text:
+    """``value`` as literal text for a table cell or a line: never markup, control characters escaped."""
+    return Text(_visible("-" if value is None else str(value)), style=style)
+
+
+def block(text: str) -> Text:
+    """A multi-line literal text (a traceback) kept as is: not wrapped, not cut at the console's width."""
+    return Text(_visible(text.rstrip("\n")), no_wrap=True, overflow="ignore")
 
 
 def emit(*renderables: Any) -> None:
@@ -41,7 +68,7 @@ def emit(*renderables: Any) -> None:
     out = console()
     with out.capture() as captured:
         for renderable in renderables:
-            out.print(renderable)
+            out.print(renderable, crop=False)
     lines = [line.rstrip() for line in captured.get().splitlines()]
     while lines and not lines[0]:
         lines.pop(0)
@@ -125,7 +152,7 @@ def summary_json(record: WorkflowRecord, now: datetime) -> dict[str, Any]:
         "id": record.id,
         "saga": record.saga_name,
         "status": record.status.value,
-        "current_step": record.current_step,
+        "current_step": _name(reached_step(record)),
         "retry_count": record.retry_count,
         "created_at": iso(record.created_at),
         "updated_at": iso(record.updated_at),
@@ -134,10 +161,50 @@ def summary_json(record: WorkflowRecord, now: datetime) -> dict[str, Any]:
     }
 
 
+def _name(step: StepRecord | None) -> str | None:
+    return None if step is None else step.name
+
+
+def reached_step(record: WorkflowRecord) -> StepRecord | None:
+    """The step where the saga stopped, or is now: what ``list`` and ``show`` call the step reached.
+
+    The failing step of a saga that failed (also while, and after, it
+    compensates: ``record.current_step`` then names the step compensated
+    last), the last step of a completed saga, else the furthest step that
+    started; None before any step started.
+    """
+    steps = sorted(record.steps, key=lambda s: s.position)
+    error = record.error
+    if error is not None and error.step_name is not None:
+        failing = record.step(error.step_name)
+        if failing is not None:
+            return failing
+    if record.status == WorkflowStatus.COMPLETED and steps:
+        return steps[-1]
+    touched = [s for s in steps if s.status != StepStatus.PENDING or s.started_at is not None]
+    if touched:
+        return touched[-1]
+    return None if record.current_step is None else record.step(record.current_step)
+
+
+def deadline_of(record: WorkflowRecord) -> datetime | None:
+    """The end of the running saga's 15-minute budget; None once it finished or before it started."""
+    return None if record.status.is_terminal else record.deadline
+
+
+def tracebacks_of(record: WorkflowRecord) -> tuple[str | None, str | None]:
+    """The stored tracebacks of the failing step and of the failing compensation, if any."""
+    error = record.error
+    if error is None:
+        return None, None
+    return getattr(error, "traceback", None) or None, getattr(error, "compensation_traceback", None) or None
+
+
 def position_json(record: WorkflowRecord) -> dict[str, Any]:
-    """Where the saga is in its step graph."""
+    """Where the saga is in its step graph: the step it reached (see :func:`reached_step`)."""
     names = [s.name for s in record.steps]
-    index = names.index(record.current_step) + 1 if record.current_step in names else None
+    reached = reached_step(record)
+    index = reached.position + 1 if reached is not None else None
     if record.status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED):
         phase = "finished"
     elif record.status == WorkflowStatus.DEAD_LETTER:
@@ -147,7 +214,7 @@ def position_json(record: WorkflowRecord) -> dict[str, Any]:
     else:
         phase = "forward"
     counts = {status.value: sum(1 for s in record.steps if s.status == status) for status in StepStatus}
-    return {"current_step": record.current_step, "index": index, "of": len(names), "phase": phase,
+    return {"current_step": _name(reached), "index": index, "of": len(names), "phase": phase,
             "steps_by_status": counts}
 
 
@@ -173,6 +240,7 @@ def compensations_of(record: WorkflowRecord) -> list[dict[str, Any]]:
 def detail_json(record: WorkflowRecord, now: datetime) -> dict[str, Any]:
     """Everything ``show`` prints."""
     error = record.error
+    traceback, compensation_traceback = tracebacks_of(record)
     return {
         "id": record.id,
         "saga": record.saga_name,
@@ -184,7 +252,7 @@ def detail_json(record: WorkflowRecord, now: datetime) -> dict[str, Any]:
         "created_at": iso(record.created_at),
         "updated_at": iso(record.updated_at),
         "started_at": iso(record.started_at),
-        "deadline": iso(record.deadline),
+        "deadline": iso(deadline_of(record)),
         "stuck": is_stuck(record, now),
         "position": position_json(record),
         "steps": [
@@ -197,7 +265,8 @@ def detail_json(record: WorkflowRecord, now: datetime) -> dict[str, Any]:
         "compensations": compensations_of(record),
         "error": None if error is None else {
             "step": error.step_name, "error": error.error,
-            "compensation_error": error.compensation_error, "at": iso(error.timestamp)},
+            "compensation_error": error.compensation_error, "at": iso(error.timestamp),
+            "traceback": traceback, "compensation_traceback": compensation_traceback},
     }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import time
 from datetime import datetime, timedelta
 from typing import Any, Collection, Iterator, Sequence, TypeVar
@@ -19,7 +18,7 @@ from sqlalchemy import (BigInteger, Integer, Text, bindparam, case, create_engin
                         func, insert, literal, literal_column, null, or_, select, text, true, tuple_, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError, StatementError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.sql import Executable
 
 from ..errors import (
@@ -33,6 +32,7 @@ from ..limits import MAX_EXECUTION_DURATION, truncate_error
 from ..locks import advisory_key, claim_is_free, owner_token
 from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
 from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
+from ..urls import mask_url
 from .base import Change, NewWorkflow, QueryFilter
 from .models import status_counts as counts_table
 from .models import steps as steps_table
@@ -48,14 +48,6 @@ logger = logging.getLogger("sagadsl.storage")
 LEASE_DURATION = MAX_EXECUTION_DURATION + timedelta(minutes=1)
 
 T = TypeVar("T")
-
-
-def mask_url(url: str | Any) -> str:
-    """The URL as text with any password replaced by ``***``."""
-    try:
-        return make_url(str(url)).render_as_string(hide_password=True)
-    except Exception:
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
 
 
 class SqlStorage:
