@@ -430,6 +430,10 @@ class SagaEngine:
         """How many sagas have one of ``statuses`` (all sagas if none given)."""
         return self.storage.count([WorkflowStatus(s) for s in statuses])
 
+    def count_by_status(self) -> dict[WorkflowStatus, int]:
+        """How many sagas are in each status (every status present, 0 if none)."""
+        return self.storage.count_by_status()
+
     def retry(self, saga_id: str) -> int:
         """Move a dead-letter saga back to ``pending`` with a new execution budget.
 
