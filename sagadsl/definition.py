@@ -8,20 +8,27 @@ import hashlib
 import inspect
 import json
 import string
+import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from typing_extensions import is_typeddict
 
+from .codec import check_storable
 from .decorators import CompensatesSpec, KeySpec, StepSpec
-from .errors import SagaDefinitionError
+from .errors import SagaDefinitionError, SerializationError
 from .policies import CompensationPolicy, RetryPolicy
 
 __all__ = ["StepDefinition", "CompensationDefinition", "SagaDefinition", "build_definition"]
 
 #: Names a step may not take because the saga instance already uses them.
 RESERVED_NAMES = frozenset({"input", "saga_id", "step_key", "attempt", "definition", "saga_name"})
+
+#: The longest registered saga name: ``sagadsl_workflows.saga_name`` is a
+#: ``String(255)`` (sagadsl/storage/models.py), and PostgreSQL refuses longer text.
+MAX_SAGA_NAME_LENGTH = 255
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class StepDefinition:
     params: tuple[str, ...]
     compensation: CompensationDefinition | None = None
     owner: type | None = field(default=None, compare=False, repr=False)
+    #: The return annotation, resolved and checked when the class was created.
+    result_type: Any = field(default=Any, compare=False, repr=False)
 
     def render_key(self, saga: Any) -> str:
         """This step's idempotency key for ``saga`` (template or callable)."""
@@ -76,7 +85,7 @@ class StepDefinition:
 
     def return_type(self) -> Any:
         """The step method's return annotation, resolved (``Any`` if absent)."""
-        return _resolved_hints(self.owner, self.name).get("return", Any)
+        return self.result_type
 
 
 class _TemplateFields(Mapping[str, Any]):
@@ -124,23 +133,26 @@ def _owner_name(owner: type | None) -> str:
     return owner.__name__ if owner is not None else "<saga>"
 
 
-_hint_cache: dict[tuple[type, str], dict[str, Any]] = {}
+class _Unresolved(Exception):
+    """An annotation names something that does not exist (yet)."""
 
 
-def _resolved_hints(owner: type | None, method: str) -> dict[str, Any]:
-    if owner is None:
-        return {}
-    key = (owner, method)
-    hints = _hint_cache.get(key)
-    if hints is None:
-        func = getattr(owner, method)
-        try:
-            hints = typing.get_type_hints(func)
-        except Exception:
-            # Annotations that cannot be resolved are treated as Any.
-            hints = {}
-        _hint_cache[key] = hints
-    return hints
+def _resolve(annotation: Any, globalns: dict[str, Any], localns: Mapping[str, Any]) -> Any:
+    """``annotation`` evaluated (strings and forward references inside it too).
+
+    ``localns`` holds the names visible where the class statement runs (the
+    enclosing function's locals and the class body), so that a result type
+    defined next to the saga class in a function resolves as it would in
+    Python code.
+
+    Raises:
+        _Unresolved: naming the missing name.
+    """
+    holder = types.SimpleNamespace(__annotations__={"value": annotation})
+    try:
+        return typing.get_type_hints(holder, globalns=globalns, localns=dict(localns))["value"]
+    except Exception as exc:  # NameError, or a SyntaxError in a string annotation
+        raise _Unresolved(f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -288,14 +300,38 @@ def build_definition(
     steps: list[tuple[str, Callable[..., Any], StepSpec]],
     compensations: list[tuple[str, Callable[..., Any], CompensatesSpec]],
     owner: type,
+    localns: Mapping[str, Any] | None = None,
 ) -> SagaDefinition:
     """Check the collected members and build the step graph.
 
     Every problem found is reported together, in declaration order, in one
     :class:`SagaDefinitionError`.
+
+    Args:
+        cls_name: The class's name, for messages.
+        saga_name: The name the class registers under.
+        input_type: The ``T`` of ``Saga[T]`` (``Any`` if not given).
+        steps: ``(name, function, spec)`` of each step, in declaration order.
+        compensations: ``(name, function, spec)`` of each compensation.
+        owner: The class being created.
+        localns: Names visible where the class statement runs, used to
+            resolve string annotations (``from __future__ import annotations``).
     """
     problems: list[str] = []
     step_names = [name for name, _, _ in steps]
+    namespace: Mapping[str, Any] = localns or {}
+
+    if len(saga_name) > MAX_SAGA_NAME_LENGTH:
+        problems.append(
+            f"{cls_name}: the saga name {saga_name[:40] + '...'!r} is {len(saga_name)} characters long, "
+            f"and the database stores at most {MAX_SAGA_NAME_LENGTH}; pass a shorter one: "
+            f'class {cls_name}(Saga[...], name="...")')
+
+    # The input type and every result are stored as JSON: refuse now what the
+    # codec could not store or decode, rather than at the first run (DESIGN §2.10).
+    input_type = _checked_type(input_type, f"{cls_name}: the input type",
+                               getattr(sys.modules.get(owner.__module__), "__dict__", {}), namespace,
+                               problems)
     known_fields = input_fields(input_type)
 
     for name, _, _ in steps:
@@ -348,6 +384,13 @@ def build_definition(
             problems.append(f"{where}: idempotency_key {key!r} is not a valid format template ({exc})")
             continue
         key_fields[name] = fields_used
+        if not fields_used:
+            problems.append(
+                f"{where}: idempotency_key {key!r} has no {{field}}, so every saga would send the same "
+                f"key downstream and the service would take them all for one; include an input field "
+                f'or saga_id, e.g. "{key}-{{saga_id}}", or pass a callable '
+                "(idempotency_key=lambda saga: ...) if one key for every saga is really meant")
+            continue
         if known_fields is not None:
             missing = [f for f in fields_used if f not in known_fields and f != "saga_id"]
             if missing:
@@ -356,6 +399,13 @@ def build_definition(
                     f"{_type_label(input_type)} does not have; use one of: "
                     f"{', '.join(sorted(known_fields | {'saga_id'}))}"
                 )
+
+    result_types: dict[str, Any] = {}
+    for name, func, _ in steps:
+        annotation = inspect.unwrap(func).__annotations__.get("return", Any)
+        result_types[name] = _checked_type(annotation, f"{cls_name}.{name}: the return type",
+                                           getattr(inspect.unwrap(func), "__globals__", {}), namespace,
+                                           problems)
 
     # Parameters: each names a step this one depends on.
     params: dict[str, tuple[str, ...]] = {}
@@ -432,10 +482,37 @@ def build_definition(
             params=params[name],
             compensation=comp_for.get(name),
             owner=owner,
+            result_type=result_types[name],
         )
         for i, (name, func, spec) in enumerate(steps)
     )
     return SagaDefinition(name=saga_name, class_name=cls_name, input_type=input_type, steps=definitions)
+
+
+def _checked_type(annotation: Any, where: str, globalns: dict[str, Any], localns: Mapping[str, Any],
+                  problems: list[str]) -> Any:
+    """``annotation`` resolved, or ``Any`` with a problem added if it cannot be resolved or stored."""
+    try:
+        resolved = _resolve(annotation, globalns, localns)
+    except _Unresolved as exc:
+        problems.append(f"{where} is {_annotation_text(annotation)}, which cannot be resolved ({exc}); "
+                        "define the type before the saga class (at module level, or earlier in the "
+                        "same function)")
+        return Any
+    try:
+        check_storable(resolved, where=where)
+    except SerializationError as exc:
+        problems.append(str(exc))
+        return Any
+    return resolved
+
+
+def _annotation_text(annotation: Any) -> str:
+    if isinstance(annotation, str):
+        return repr(annotation)
+    if isinstance(annotation, typing.ForwardRef):
+        return repr(annotation.__forward_arg__)
+    return getattr(annotation, "__qualname__", None) or repr(annotation)
 
 
 def _type_label(tp: Any) -> str:

@@ -352,3 +352,155 @@ def test_a_valid_class_builds_its_definition() -> None:
     assert (compensation.method_name, compensation.result_param) == ("release", "reservation")
     assert definition.step("charge").compensation is None
     assert len(definition.fingerprint) == 64
+
+
+# -- keys the same for every saga, names the database cannot hold -------------------------
+
+
+def test_step_key_template_without_any_field() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve")
+            def reserve(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad.reserve: idempotency_key 'reserve' has no {field}, so every saga would send the same key "
+        "downstream and the service would take them all for one; include an input field or saga_id, "
+        'e.g. "reserve-{saga_id}", or pass a callable (idempotency_key=lambda saga: ...) if one key for '
+        "every saga is really meant")
+
+
+def test_one_key_for_every_saga_is_allowed_as_a_callable() -> None:
+    class Nightly(Saga[Order], name="tests.definition_errors.nightly"):
+        @step(idempotency_key=lambda saga: "nightly-report")
+        def report(self) -> None: ...
+
+    assert Nightly.definition.step_names == ("report",)
+
+
+def test_saga_name_longer_than_the_column() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order], name="n" * 256):
+            @step(idempotency_key="a-{order_id}")
+            def a(self) -> None: ...
+
+    assert raised(info) == (
+        f"Bad: the saga name {'n' * 40 + '...'!r} is 256 characters long, and the database stores at "
+        'most 255; pass a shorter one: class Bad(Saga[...], name="...")')
+
+
+def test_saga_name_of_exactly_the_column_length_is_allowed() -> None:
+    class Long(Saga[Order], name="tests." + "n" * 249):
+        @step(idempotency_key="a-{order_id}")
+        def a(self) -> None: ...
+
+    assert len(Long.saga_name) == 255
+
+
+# -- inputs and results the codec cannot store (DESIGN §2.10) ------------------------------
+
+
+class Opaque:
+    """A plain class: the codec could store none of its instances."""
+
+
+def test_step_returning_a_type_the_codec_cannot_store() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> bytes: return b""
+
+    assert raised(info) == ("Bad.reserve: the return type is bytes, which has no JSON form; use str "
+                            "(e.g. base64 text) instead")
+
+
+def test_step_returning_a_plain_class() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> list[Opaque]: return []
+
+    assert raised(info) == (
+        "Bad.reserve: the return type is list[Opaque], whose item type is Opaque, which is a plain class "
+        "the codec cannot rebuild from JSON; make it a dataclass, a pydantic model, a TypedDict or a "
+        "NamedTuple")
+
+
+def test_step_returning_a_type_defined_after_the_class() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> Later: ...
+
+    @dataclass
+    class Later:
+        id: str
+
+    assert raised(info) == (
+        "Bad.reserve: the return type is 'Later', which cannot be resolved (NameError: name 'Later' is not "
+        "defined); define the type before the saga class (at module level, or earlier in the same function)")
+
+
+def test_saga_input_type_the_codec_cannot_store() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Opaque]):
+            @step(idempotency_key="reserve-{saga_id}")
+            def reserve(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad: the input type is Opaque, which is a plain class the codec cannot rebuild from JSON; make it "
+        "a dataclass, a pydantic model, a TypedDict or a NamedTuple")
+
+
+def test_step_returning_an_ambiguous_union() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> int | float: return 0
+
+    assert raised(info) == (
+        "Bad.reserve: the return type is int | float, which cannot be decoded unambiguously: int and float "
+        "are both stored as JSON numbers, and PostgreSQL reads 1e16 back as 10000000000000000; annotate "
+        "float (an int comes back as a float) or int")
+
+
+def test_every_type_problem_is_reported_with_the_others() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Opaque], name="x" * 300):
+            @step(idempotency_key="a")
+            def a(self) -> bytes: return b""
+
+            @step(idempotency_key="b-{saga_id}")
+            def b(self) -> set[Opaque]: return set()
+
+    assert [line.split(":")[0] for line in raised(info).splitlines()] == ["Bad", "Bad", "Bad.a", "Bad.a",
+                                                                          "Bad.b"]
+
+
+def test_a_result_type_local_to_the_function_is_resolved_when_the_class_is_created() -> None:
+    # This module uses ``from __future__ import annotations``: the annotation is the string "Hold".
+    @dataclass
+    class Hold:
+        hold_id: str
+
+    class Good(Saga[Order], name="tests.definition_errors.local_result"):
+        @step(idempotency_key="hold-{order_id}")
+        def hold(self) -> Hold: return Hold("h")
+
+        @step(idempotency_key="many-{order_id}")
+        def many(self) -> dict[str, list[Hold]]: return {}
+
+    assert Good.definition.step("hold").return_type() is Hold
+    assert Good.definition.step("many").return_type() == dict[str, list[Hold]]
+
+
+def test_a_result_type_defined_in_the_class_body_is_resolved() -> None:
+    class Good(Saga[Order], name="tests.definition_errors.nested_result"):
+        @dataclass
+        class Receipt:
+            number: int
+
+        @step(idempotency_key="r-{order_id}")
+        def receipt(self) -> Receipt: return Good.Receipt(1)
+
+    assert Good.definition.step("receipt").return_type() is Good.Receipt
