@@ -69,9 +69,19 @@ def _check_id(value: Any, what: str, saga_cls: type) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{saga_cls.__name__}: {what} must be a str, got {type(value).__name__}")
     if len(value) > _MAX_ID_LENGTH:
-        raise ValueError(f"{saga_cls.__name__}: {what} is {len(value)} characters; at most "
-                         f"{_MAX_ID_LENGTH} are stored")
+        raise IdempotencyRequiredError(f"{saga_cls.__name__}: {what} is {len(value)} characters; at most "
+                                       f"{_MAX_ID_LENGTH} are stored: use a shorter id, or a hash of it")
     return _storable(value, f"{saga_cls.__name__}: {what}")
+
+
+def _could_be_stored(saga_id: Any) -> bool:
+    if not isinstance(saga_id, str) or len(saga_id) > _MAX_ID_LENGTH or "\x00" in saga_id:
+        return False
+    try:
+        saga_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _storable(value: str, what: str) -> str:
@@ -383,6 +393,8 @@ class SagaEngine:
 
     def get(self, saga_id: str) -> WorkflowRecord | None:
         """The stored saga ``saga_id`` with its steps, or None."""
+        if not _could_be_stored(saga_id):
+            return None  # no backend could have stored it
         return self.storage.get(saga_id)
 
     def query(
