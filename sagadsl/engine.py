@@ -22,7 +22,6 @@ from .errors import (
     IdempotencyConflictError,
     IdempotencyRequiredError,
     SagaDefinitionError,
-    SagaError,
     SerializationError,
     UnknownSagaError,
 )
@@ -521,7 +520,9 @@ async def _inline(fn: Callable[[], T]) -> T:
     return fn()
 
 
-class _PoisonSagaError(SagaError):
-    """A saga whose executors keep dying before they commit anything."""
+class _PoisonSagaError(RuntimeError):
+    """A saga whose executors keep dying before they commit anything (the cause of its parking)."""
 
-    code = "POISON_SAGA"
+    def __init__(self, message: str, *, saga_id: str) -> None:
+        super().__init__(message)
+        self.saga_id = saga_id

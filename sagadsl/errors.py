@@ -26,6 +26,7 @@ __all__ = [
     "DefinitionChangedError",
     "SchemaOutOfDateError",
     "StorageError",
+    "ResourceLockedError",
 ]
 
 
@@ -193,3 +194,23 @@ class StorageError(SagaError):
     def __init__(self, message: str, *, saga_id: str | None = None, permanent: bool = False) -> None:
         super().__init__(message, saga_id=saga_id)
         self.permanent = permanent
+
+
+class ResourceLockedError(SagaError):
+    """A semantic lock key the saga needs is held by another unfinished saga.
+
+    Raised by ``run``, which then writes nothing; ``submit`` instead queues
+    the saga until its keys are free.
+
+    Attributes:
+        key: The lock key that is taken.
+        holder: The id of the saga that holds it (or waits for it first).
+    """
+
+    code = "RESOURCE_LOCKED"
+
+    def __init__(self, message: str, *, saga_id: str | None = None, key: str | None = None,
+                 holder: str | None = None) -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.key = key
+        self.holder = holder

@@ -75,6 +75,10 @@ class WorkflowRecord:
     #: Executors that took the saga since its last commit of progress; past
     #: ``MAX_CLAIMS_WITHOUT_PROGRESS`` it is parked in dead letter as poison.
     claims: int = 0
+    #: True once the pivot step's completion committed: the saga only goes forward.
+    past_pivot: bool = False
+    #: The semantic lock keys the saga holds (or, while it waits, wants).
+    locks: tuple[str, ...] = ()
 
     def step(self, name: str) -> StepRecord | None:
         """The step called ``name``, or None."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .errors import (
     CompensationFailedError,
     DeadLetterError,
+    ResourceLockedError,
     SagaFailedError,
     SagaLockedError,
     SagaNotFoundError,
@@ -52,6 +53,8 @@ class WorkerStats:
     failed: int = 0
     dead_lettered: int = 0
     locked: int = 0
+    #: Looks at submitted sagas whose semantic lock keys were not free yet.
+    waiting: int = 0
     unknown: int = 0
     errors: int = 0
     unknown_sagas: dict[str, str] = field(default_factory=dict)
@@ -184,6 +187,12 @@ class Worker:
             return "completed"
         except SagaLockedError:
             return "locked"
+        except ResourceLockedError:
+            # Its lock keys are taken: it stays pending, and is looked at
+            # again after a poll interval, not in a hot loop.
+            with self._guard:
+                self._quarantine[saga_id] = (time.monotonic() + self.poll_interval, self.poll_interval)
+            return "waiting"
         except SagaFailedError:
             return "failed"
         except (CompensationFailedError, DeadLetterError):

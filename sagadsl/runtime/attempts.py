@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import random
+import sys
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from typing import Any, Callable, Protocol
 from ..clock import Clock
 from ..errors import ExecutionTimeoutError, SerializationError, StepTimeoutError
 from ..events import EventEmitter, EventKind
+from ..policies import RetryPolicy
 from .context import attempt_number, step_key
 
-__all__ = ["AttemptOutcome", "AttemptPolicy", "Budget", "Call", "Phase", "Runtime", "call_with_retries"]
+__all__ = ["AttemptOutcome", "AttemptPolicy", "Budget", "Call", "Phase", "Runtime", "UntilItSucceeds",
+           "call_with_retries"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,34 @@ class AttemptPolicy(Protocol):
     def should_retry(self, error: BaseException, attempt: int) -> bool: ...
 
     def delay(self, failed_attempt: int, rng: random.Random | None = None) -> float: ...
+
+
+@dataclass(frozen=True)
+class UntilItSucceeds:
+    """A step's retry policy with no attempt limit: forward recovery after the pivot.
+
+    The policy's ``retry_on``/``give_up_on`` still decide which errors are
+    retried and its backoff shape the waits; the saga's 15-minute budget
+    bounds the whole. A policy with no backoff would retry in a hot loop
+    for 15 minutes, so it waits ``FORWARD_RECOVERY_BACKOFF`` instead.
+    """
+
+    policy: RetryPolicy
+
+    @property
+    def max_attempts(self) -> int:
+        return sys.maxsize
+
+    def should_retry(self, error: BaseException, attempt: int) -> bool:
+        return isinstance(error, self.policy.retry_on) and not isinstance(error, self.policy.give_up_on)
+
+    def delay(self, failed_attempt: int, rng: random.Random | None = None) -> float:
+        shape = self.policy if self.policy.backoff > 0 else FORWARD_RECOVERY_BACKOFF
+        return shape.delay(failed_attempt, rng)
+
+
+#: The backoff of forward recovery for a step whose own policy has none.
+FORWARD_RECOVERY_BACKOFF = RetryPolicy(backoff=0.5, multiplier=2.0, max_backoff=30.0, jitter=0.1)
 
 
 @dataclass(frozen=True)

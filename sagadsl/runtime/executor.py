@@ -24,9 +24,9 @@ from ..records import SagaResult, WorkflowRecord
 from ..saga import Saga
 from ..status import StepStatus, WorkflowStatus
 from ..storage.base import Change, StorageSession
-from .attempts import AttemptOutcome, Budget, Call, Phase, Runtime, call_with_retries
+from .attempts import AttemptOutcome, Budget, Call, Phase, Runtime, UntilItSucceeds, call_with_retries
 from .outcomes import (cannot_drive_error, dead_letter_error, failed_error, goes_backward, is_engine_failure,
-                       parked_values)
+                       parked_values, past_pivot_error)
 
 __all__ = ["SagaExecutor", "stuck_allowance"]
 
@@ -41,7 +41,7 @@ def stuck_allowance(definition: SagaDefinition) -> timedelta:
     """How long an active saga may go without a commit before it counts as stuck."""
     worst = timedelta(0)
     for s in definition.steps:
-        if s.timeout is None:
+        if s.timeout is None or getattr(s, "kind", None) == "retriable":  # retriable: retried until the budget ends
             return MAX_EXECUTION_DURATION + STUCK_GRACE
         waits = sum(s.retry.delay(i) for i in range(1, s.retry.max_attempts))
         worst = max(worst, timedelta(seconds=s.timeout * s.retry.max_attempts + waits))
@@ -101,6 +101,10 @@ class SagaExecutor:
         self.error_step: str | None = None
         self.error_text: str | None = None
         self.backward = False
+        #: The pivot's completion is committed: from here on, only forward.
+        self.past_pivot = False
+        #: Past the pivot, the first failing step's row values, written with the parking commit.
+        self._parked_step_values: dict[str, Any] = {}
         #: The failure commit already ended the saga (nothing to compensate).
         self._ended_by_failure = False
         self._completion_written = False
@@ -134,6 +138,12 @@ class SagaExecutor:
             self.error_step = record.error.step_name
             self.error_text = record.error.error
         self.backward = goes_backward(record)
+        self.past_pivot = record.past_pivot
+        if self.past_pivot:
+            # Resumed forward after a retry: a step that failed past the pivot runs again.
+            for name, status in self.status.items():
+                if status == StepStatus.FAILED:
+                    self.status[name] = StepStatus.PENDING
 
     # -- commits ----------------------------------------------------------------
 
@@ -187,6 +197,8 @@ class SagaExecutor:
                     await self.emitter.emit("step_skipped", name, result=self.results.get(name))
         if not self.backward:
             failure = await self._forward()
+            if failure is not None and self.past_pivot:
+                await self._park_past_pivot(failure)
             if failure is None:
                 await self.emitter.emit("saga_complete", result=dict(self.results),
                                         duration=time.perf_counter() - self._t0)
@@ -237,7 +249,8 @@ class SagaExecutor:
                         remaining = self.budget.remaining(self.clock)
                         if remaining is not None and remaining <= 0:
                             failure = _Failure(s.name, self.budget.exceeded_error(f"step {s.name!r}"))
-                            await self._record_failure(failure, attempts=0, running=bool(running or ready))
+                            if not self.past_pivot:  # past it, the parking commit records it
+                                await self._record_failure(failure, attempts=0, running=bool(running or ready))
                             break
                         ready.append(s)
                 if failure is None and len(ready) == 1 and not running:
@@ -278,6 +291,18 @@ class SagaExecutor:
             # value would be gone). A crash before that commit runs the step
             # again on resume, which fails and compensates the same way.
             step_values.update(await self._compensate_unstored(s, outcome.unstored[0]))
+        if self.past_pivot:
+            # Nothing is compensated past the pivot: the saga is parked once
+            # the steps still running have settled.
+            self.status[s.name] = StepStatus.FAILED
+            if failure is None:
+                self._parked_step_values[s.name] = step_values
+                logger.error("saga %s step %s failed past the pivot: %s", self.saga_id, s.name,
+                             describe_exception(outcome.error), exc_info=outcome.error,
+                             extra={"saga_id": self.saga_id, "step": s.name})
+                return _Failure(s.name, outcome.error)
+            await self._write({}, {s.name: step_values})
+            return failure
         if failure is None:
             failure = _Failure(s.name, outcome.error)
             await self._record_failure(failure, attempts=outcome.attempts,
@@ -307,7 +332,9 @@ class SagaExecutor:
                 raise SerializationError(f"{what}: decoding it back failed: {describe_exception(exc)}") from exc
 
         call = Call(getattr(self.saga, s.name), kwargs, s.is_async, self.keys[s.name], where, s.name, Phase.STEP)
-        return await call_with_retries(call, s.retry, timeout=s.timeout, budget=self.budget,
+        # A step after the pivot is retried until it succeeds (within the budget).
+        policy = UntilItSucceeds(s.retry) if getattr(s, "kind", None) == "retriable" else s.retry
+        return await call_with_retries(call, policy, timeout=s.timeout, budget=self.budget,
                                        runtime=self.runtime, durable=durable)
 
     async def _compensate_unstored(self, s: StepDefinition, value: Any) -> dict[str, Any]:
@@ -339,6 +366,11 @@ class SagaExecutor:
         self.results[s.name] = value
         complete = finishing and all(st == StepStatus.COMPLETED for st in self.status.values())
         workflow: dict[str, Any] = {"current_step": s.name}
+        if s.name == getattr(self.definition, "pivot", None):
+            # The point of no return is passed in the commit of the pivot's
+            # completion, so a crash can never see one without the other.
+            workflow["past_pivot"] = True
+            self.past_pivot = True
         if complete:
             self._completion_written = True
             # The last step and the saga's completion share one commit.
@@ -354,6 +386,23 @@ class SagaExecutor:
         return {"status": StepStatus.FAILED.value, "attempts": outcome.attempts,
                 "started_at": outcome.started_at, "finished_at": outcome.finished_at,
                 "error": describe_exception(outcome.error) if outcome.error else None}
+
+    async def _park_past_pivot(self, failure: _Failure) -> None:
+        """Past the pivot a step could not be completed: dead letter, nothing compensated, then raise."""
+        now = self.clock.now()
+        text = describe_exception(failure.error)
+        workflow: dict[str, Any] = {
+            "status": WorkflowStatus.DEAD_LETTER.value, "stuck_after": None, "current_step": failure.step,
+            "error_step": failure.step, "error": text, "error_at": now, "updated_at": now,
+            "error_traceback": format_traceback(failure.error), "compensation_error": None,
+        }
+        await self._write(workflow, self._parked_step_values)
+        dead = past_pivot_error(self.saga_id, self.definition.name, failure.step, text)
+        dead.__cause__ = failure.error
+        await self.emitter.emit("dead_letter", error=dead, duration=time.perf_counter() - self._t0)
+        logger.warning("saga %s moved to dead letter past its pivot: step %s: %s", self.saga_id, failure.step,
+                       text, extra={"saga_id": self.saga_id, "step": None})
+        raise dead
 
     async def _record_failure(self, failure: _Failure, *, attempts: int, running: bool,
                               outcome: AttemptOutcome | None = None,

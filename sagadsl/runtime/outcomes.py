@@ -15,7 +15,7 @@ from ..limits import format_traceback, truncate_error
 from ..records import WorkflowRecord
 from ..status import WorkflowStatus
 
-__all__ = ["failed_error", "dead_letter_error", "cannot_drive_error", "stored_failure", "goes_backward",
+__all__ = ["failed_error", "dead_letter_error", "past_pivot_error", "cannot_drive_error", "stored_failure", "goes_backward",
            "parked_values", "is_engine_failure"]
 
 
@@ -36,6 +36,14 @@ def dead_letter_error(saga_id: str, saga_name: str, step: str | None, error: str
         saga_id=saga_id, step_name=step, error=error, compensation_error=compensation_error)
 
 
+def past_pivot_error(saga_id: str, saga_name: str, step: str | None, error: str | None) -> DeadLetterError:
+    """A step after the pivot could not be completed: the saga waits in dead letter, nothing undone."""
+    return DeadLetterError(
+        f"saga {saga_id!r} ({saga_name}) is past its pivot and step {step!r} could not be completed "
+        f"({error}); nothing was compensated. Fix the cause, then `saga-admin retry {saga_id}` to resume "
+        "it forward", saga_id=saga_id)
+
+
 def cannot_drive_error(saga_id: str, saga_name: str, reason: str) -> DeadLetterError:
     """What ``run`` raises after the engine parked a saga it cannot drive."""
     return DeadLetterError(f"saga {saga_id!r} ({saga_name}) cannot be driven and was moved to dead letter: "
@@ -48,6 +56,8 @@ def stored_failure(record: WorkflowRecord) -> SagaError:
     err = record.error
     step, error = (err.step_name, err.error) if err is not None else (None, None)
     if record.status == WorkflowStatus.DEAD_LETTER:
+        if record.past_pivot and err is not None and err.compensation_error is None and step is not None:
+            return past_pivot_error(record.id, record.saga_name, step, error)
         if err is not None and step is None and err.compensation_error is None:
             reason = error or "no reason recorded"
             return DeadLetterError(f"saga {record.id!r} ({record.saga_name}) is in dead letter: the engine "
@@ -66,6 +76,8 @@ def goes_backward(record: WorkflowRecord) -> bool:
     A saga the engine parked while going forward carries an error with no
     step (and a retry clears it): it resumes forward.
     """
+    if record.past_pivot:
+        return False  # past the point of no return: only forward
     if record.status == WorkflowStatus.COMPENSATING:
         return True
     err = record.error

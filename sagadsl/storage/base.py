@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Collection, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Collection, Protocol, Sequence, runtime_checkable
 
 from ..records import QueryResult, WorkflowRecord
-from ..status import StepStatus, WorkflowStatus
+from ..status import WorkflowStatus
 
-__all__ = ["Storage", "StorageSession", "NewWorkflow", "NewStep", "QueryFilter", "Change"]
+__all__ = ["Storage", "StorageSession", "NewWorkflow", "NewStep", "QueryFilter", "Change", "LockRecord"]
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,12 @@ class NewWorkflow:
     steps: tuple[NewStep, ...]
     now: datetime
     stuck_after: datetime | None
-    status: WorkflowStatus = WorkflowStatus.PENDING
     #: False for a submitted saga: its execution budget starts when an
     #: executor first claims it, not while it waits for a worker.
     started: bool = True
+    #: Semantic lock keys, rendered: taken in the creating commit by a saga
+    #: that runs at once, queued for one that is submitted.
+    locks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,16 @@ class Change:
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     new_steps: tuple[NewStep, ...] = ()
     removed_steps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    """A semantic lock key and a saga that holds it or waits for it."""
+
+    key: str
+    saga_id: str
+    held: bool
+    requested_at: datetime
 
 
 @dataclass(frozen=True)
@@ -155,11 +167,14 @@ class Storage(Protocol):
         """
         ...
 
+    def locks(self, keys: Sequence[str] = ()) -> list[LockRecord]:
+        """Who holds and who waits for semantic lock keys (all keys if none given).
+
+        Ordered by key, then holder first, then waiters in queue order.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...
 
-
-def step_statuses(values: Iterable[str]) -> list[StepStatus]:
-    """Parse stored step statuses."""
-    return [StepStatus(v) for v in values]

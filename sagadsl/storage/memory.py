@@ -11,13 +11,14 @@ from typing import Any, Collection, Sequence
 
 from ..errors import (
     InvalidStateError,
+    ResourceLockedError,
     RetryCapExceededError,
     SagaLockedError,
     SagaNotFoundError,
 )
 from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
 from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
-from .base import Change, NewWorkflow, QueryFilter
+from .base import Change, LockRecord, NewWorkflow, QueryFilter
 
 __all__ = ["InMemoryStorage"]
 
@@ -43,6 +44,8 @@ class InMemoryStorage:
         self._guard = threading.RLock()
         self._rows: dict[str, _Row] = {}
         self._claims: dict[str, str] = {}
+        #: Semantic locks: key -> {saga id: (held, requested_at)}.
+        self._locks: dict[str, dict[str, tuple[bool, datetime]]] = {}
 
     def session(self, saga_id: str) -> _MemorySession:
         return _MemorySession(self, saga_id)
@@ -87,7 +90,7 @@ class InMemoryStorage:
                     saga_id=saga_id)
             v.update(status=WorkflowStatus.PENDING.value, retry_count=v["retry_count"] + 1,
                      started_at=now, updated_at=now, stuck_after=now, claims=0)
-            if v.get("error_step") is None and v.get("compensation_error") is None:
+            if (v.get("error_step") is None and v.get("compensation_error") is None) or v.get("past_pivot"):
                 # Parked by the engine while going forward: it resumes forward.
                 v.update(error=None, error_at=None, error_traceback=None)
             return int(v["retry_count"])
@@ -100,11 +103,50 @@ class InMemoryStorage:
             active.sort(key=lambda v: v["updated_at"])
             return [v["id"] for v in active[:limit]]
 
+    def locks(self, keys: Sequence[str] = ()) -> list[LockRecord]:
+        with self._guard:
+            out = [LockRecord(key, saga_id, held, at) for key, entries in self._locks.items()
+                   if not keys or key in keys for saga_id, (held, at) in entries.items()]
+        return sorted(out, key=lambda r: (r.key, not r.held, r.requested_at, r.saga_id))
+
+    def _take_locks(self, new: NewWorkflow, held: bool) -> None:
+        if held:
+            for key in new.locks:
+                holders = [saga_id for saga_id, (is_held, _) in self._locks.get(key, {}).items() if is_held]
+                if holders:
+                    raise _resource_locked(new.id, new.saga_name, key, holders[0])
+        for key in new.locks:
+            self._locks.setdefault(key, {})[new.id] = (held, new.now)
+
+    def _take_waiting(self, saga_id: str, saga_name: str) -> None:
+        mine = {key: entries[saga_id] for key, entries in self._locks.items() if saga_id in entries}
+        waiting = {key: at for key, (held, at) in mine.items() if not held}
+        for key, at in waiting.items():
+            for other, (held, other_at) in self._locks[key].items():
+                if other != saga_id and (held or (other_at, other) < (at, saga_id)):
+                    raise _resource_locked(saga_id, saga_name, key, other, waiting=True)
+        for key, at in waiting.items():
+            self._locks[key][saga_id] = (True, at)
+
+    def _release(self, saga_id: str) -> None:
+        for key in [k for k, entries in self._locks.items() if saga_id in entries]:
+            del self._locks[key][saga_id]
+            if not self._locks[key]:
+                del self._locks[key]
+
     def close(self) -> None:
         pass
 
     def __repr__(self) -> str:
         return "InMemoryStorage()"
+
+
+def _resource_locked(saga_id: str, saga_name: str, key: str, holder: str, *,
+                     waiting: bool = False) -> ResourceLockedError:
+    then = ("it waits in pending and a worker starts it when its keys are free" if waiting else
+            "nothing was written; wait for that saga to finish, or submit() to queue this one")
+    return ResourceLockedError(f"saga {saga_id!r} ({saga_name}) cannot start: lock key {key!r} is held by "
+                               f"saga {holder!r}; {then}", saga_id=saga_id, key=key, holder=holder)
 
 
 def _matches(v: dict[str, Any], flt: QueryFilter) -> bool:
@@ -148,7 +190,7 @@ def _record(row: _Row) -> WorkflowRecord:
             compensated_at=s.get("compensated_at")) for s in steps),
         retry_count=v["retry_count"], error=error, created_at=v["created_at"], updated_at=v["updated_at"],
         started_at=v["started_at"], current_step=v.get("current_step"), stuck_after=v.get("stuck_after"),
-        claims=v.get("claims", 0),
+        claims=v.get("claims", 0), past_pivot=bool(v.get("past_pivot", False)), locks=tuple(v.get("locks") or ()),
     )
 
 
@@ -167,13 +209,19 @@ class _MemorySession:
                     raise SagaLockedError(
                         f"saga {saga_id!r} is being run by another live executor; wait for it to finish",
                         saga_id=saga_id)
+            row = s._rows.get(saga_id)
+            if row is None and new is not None and new.locks:
+                s._take_locks(new, held=claim and new.started)
+            elif row is not None and claim and row.values["status"] in {st.value for st in ACTIVE_STATUSES} \
+                    and row.values.get("locks"):
+                s._take_waiting(saga_id, row.values["saga_name"])
+            if claim:
                 s._claims[saga_id] = "held"
                 self._claimed = True
-            row = s._rows.get(saga_id)
             if row is None and new is not None:
                 values = {f.name: getattr(new, f.name) for f in dataclasses.fields(new)
                           if f.name not in ("steps", "now")}
-                values.update(status=new.status.value, input=copy.deepcopy(new.input), retry_count=0,
+                values.update(status=WorkflowStatus.PENDING.value, input=copy.deepcopy(new.input), retry_count=0,
                               created_at=new.now, updated_at=new.now, started_at=new.now if new.started else None,
                               current_step=None, error_step=None, error=None, compensation_error=None,
                               error_at=None, claims=1 if claim else 0)
@@ -202,6 +250,9 @@ class _MemorySession:
                                       "status": StepStatus.PENDING.value, "attempts": 0}
             for name in change.removed_steps:
                 row.steps.pop(name, None)
+            status = change.workflow.get("status")
+            if status is not None and WorkflowStatus(status).is_terminal and status != WorkflowStatus.DEAD_LETTER:
+                s._release(self._saga_id)
 
     def close(self) -> None:
         if self._claimed:

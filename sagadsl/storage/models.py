@@ -9,14 +9,15 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKeyConstraint, Index, Integer, MetaData, String,
-                        Table, Text)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKeyConstraint, Index, Integer, MetaData,
+                        String, Table, Text, false, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "WorkflowRow", "StepRow", "StatusCountRow", "UTCDateTime", "JSONDocument", "metadata"]
+__all__ = ["Base", "WorkflowRow", "StepRow", "StatusCountRow", "LockRow", "UTCDateTime", "JSONDocument",
+           "metadata"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -101,6 +102,11 @@ class WorkflowRow(Base):
     #: The PostgreSQL advisory lock key that claims this saga, so that a worker
     #: can leave out held sagas in SQL (the key is a hash SQL cannot compute).
     lock_key: Mapped[Optional[int]] = mapped_column(BigInteger)
+    #: Set in the commit of the pivot step's completion: from then on the saga
+    #: only goes forward (its later steps are retried, never compensated).
+    past_pivot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The semantic lock keys the saga holds or waits for, rendered at creation.
+    locks: Mapped[Optional[Any]] = mapped_column(JSONDocument, nullable=True)
 
     __table_args__ = (
         Index("ix_sagadsl_workflows_status_created_at", "status", "created_at"),
@@ -149,6 +155,32 @@ class StatusCountRow(Base):
     n: Mapped[int] = mapped_column(BigInteger)
 
 
+class LockRow(Base):
+    """One semantic lock key a saga holds or waits for.
+
+    A saga holds its keys from the commit that takes them until its terminal
+    commit (``completed``, ``failed``, ``cancelled``); in dead letter it keeps
+    them. Waiting sagas queue by ``requested_at`` per key. At most one
+    holder per key is enforced by the database: a unique index over the
+    held rows.
+    """
+
+    __tablename__ = "sagadsl_locks"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    held: Mapped[bool] = mapped_column(Boolean)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        ForeignKeyConstraint(["workflow_id"], ["sagadsl_workflows.id"], ondelete="CASCADE"),
+        Index("uq_sagadsl_locks_key_held", "key", unique=True,
+              sqlite_where=text("held"), postgresql_where=text("held")),
+        Index("ix_sagadsl_locks_workflow_id", "workflow_id"),
+    )
+
+
 workflows: Table = WorkflowRow.__table__  # type: ignore[assignment]
 steps: Table = StepRow.__table__  # type: ignore[assignment]
 status_counts: Table = StatusCountRow.__table__  # type: ignore[assignment]
+locks: Table = LockRow.__table__  # type: ignore[assignment]

@@ -25,10 +25,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import SchemaOutOfDateError
+from .connect import connect, create_engine, translated
 
 __all__ = ["migrate", "migrations_dir", "head_revision", "current_revision", "check_schema",
            "validate_schema_name", "recount_statuses", "VERSION_TABLE", "HOST_VERSION_TABLE"]
@@ -115,7 +116,7 @@ def current_revision(connection: Connection, schema: str | None = None) -> str |
 def _engine(url_or_engine: str | Engine) -> tuple[Engine, bool]:
     if isinstance(url_or_engine, Engine):
         return url_or_engine, False
-    return create_engine(url_or_engine), True
+    return create_engine(url_or_engine, pool_size=1), True
 
 
 def migrate(url_or_engine: str | Engine, *, revision: str = "head", schema: str | None = None) -> None:
@@ -128,8 +129,9 @@ def migrate(url_or_engine: str | Engine, *, revision: str = "head", schema: str 
     """
     validate_schema_name(schema)
     engine, owned = _engine(url_or_engine)
+    doing = "migrating sagadsl's schema"
     try:
-        with engine.begin() as conn:
+        with connect(engine, doing) as conn, translated(engine, doing), conn.begin():
             if schema and conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             if not _heads(conn, schema, VERSION_TABLE):
@@ -153,8 +155,9 @@ def downgrade(url_or_engine: str | Engine, revision: str, *, schema: str | None 
     """Downgrade sagadsl's tables to ``revision`` (``"base"`` removes them)."""
     validate_schema_name(schema)
     engine, owned = _engine(url_or_engine)
+    doing = "downgrading sagadsl's schema"
     try:
-        with engine.begin() as conn:
+        with connect(engine, doing) as conn, translated(engine, doing), conn.begin():
             command.downgrade(alembic_config(conn, schema), revision)
     finally:
         if owned:

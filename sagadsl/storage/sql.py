@@ -8,21 +8,23 @@ an executor that lost its claim cannot overwrite a newer state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
 from datetime import datetime, timedelta
 from typing import Any, Collection, Iterator, Sequence, TypeVar
 
-from sqlalchemy import (BigInteger, Integer, Text, bindparam, case, create_engine, delete, event, exists,
+from sqlalchemy import (BigInteger, Integer, Text, bindparam, case, delete, exists,
                         func, insert, literal, literal_column, null, or_, select, text, true, tuple_, update)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.sql import Executable
 
 from ..errors import (
     InvalidStateError,
+    ResourceLockedError,
     RetryCapExceededError,
     SagaLockedError,
     SagaNotFoundError,
@@ -33,7 +35,13 @@ from ..locks import advisory_key, claim_is_free, owner_token
 from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
 from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
 from ..urls import mask_url
-from .base import Change, NewWorkflow, QueryFilter
+from .base import Change, LockRecord, NewWorkflow, QueryFilter
+from .connect import configure_sqlite as _configure_sqlite  # noqa: F401  (moved to connect.py)
+from .connect import connect as _connect
+from .connect import create_engine as _create_engine
+from .connect import read as _read
+from .connect import translated as _translated
+from .models import locks as locks_table
 from .models import status_counts as counts_table
 from .models import steps as steps_table
 from .models import workflows as wf_table
@@ -101,7 +109,8 @@ class SqlStorage:
     def _ensure_schema(self, auto_migrate: bool) -> None:
         from ..errors import SchemaOutOfDateError
 
-        with self.engine.connect() as conn:
+        doing = "checking sagadsl's schema"
+        with _connect(self.engine, doing) as conn, _translated(self.engine, doing):
             try:
                 check_schema(conn, self.schema)
                 return
@@ -119,8 +128,8 @@ class SqlStorage:
     # -- reads --------------------------------------------------------------
 
     def get(self, saga_id: str) -> WorkflowRecord | None:
-        with self.engine.connect() as conn:
-            return _load(conn, saga_id)
+        return _read(self.engine, f"reading saga {saga_id!r}", lambda conn: _load(conn, saga_id),
+                     saga_id=saga_id)
 
     def query(self, flt: QueryFilter) -> QueryResult:
         conditions = _conditions(flt)
@@ -132,22 +141,32 @@ class SqlStorage:
             total = _counted(flt.statuses)
         else:
             total = select(func.count()).select_from(wf_table).where(*conditions)
-        with self.engine.connect() as conn:
+        def fetch(conn: Connection) -> tuple[Sequence[Any], int, dict[str, list[Any]]]:
             rows = conn.execute(page).mappings().all()
             count = int(conn.execute(total).scalar_one())
-            step_rows = _steps_for(conn, [r["id"] for r in rows])
+            return rows, count, _steps_for(conn, [r["id"] for r in rows])
+
+        rows, count, step_rows = _read(self.engine, "querying sagas", fetch)
         return QueryResult(workflows=[_record(r, step_rows.get(r["id"], [])) for r in rows], total=count)
 
     def count(self, statuses: Sequence[WorkflowStatus]) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(_counted(statuses)).scalar_one())
+        return _read(self.engine, "counting sagas",
+                     lambda conn: int(conn.execute(_counted(statuses)).scalar_one()))
 
     def count_by_status(self) -> dict[WorkflowStatus, int]:
         stmt = (select(counts_table.c.status, func.sum(counts_table.c.n))
                 .group_by(counts_table.c.status))
-        with self.engine.connect() as conn:
-            counts = {WorkflowStatus(status): int(n) for status, n in conn.execute(stmt)}
+        counts = _read(self.engine, "counting sagas by status",
+                       lambda conn: {WorkflowStatus(status): int(n) for status, n in conn.execute(stmt)})
         return {status: counts.get(status, 0) for status in WorkflowStatus}
+
+    def locks(self, keys: Sequence[str] = ()) -> list[LockRecord]:
+        c = locks_table.c
+        stmt = select(locks_table).order_by(c.key, c.held.desc(), c.requested_at, c.workflow_id)
+        if keys:
+            stmt = stmt.where(c.key.in_(list(keys)))
+        with self.engine.connect() as conn:
+            return [LockRecord(r.key, r.workflow_id, bool(r.held), r.requested_at) for r in conn.execute(stmt)]
 
     def lock_key(self, saga_id: str) -> int:
         """The PostgreSQL advisory lock key that claims ``saga_id`` in this storage."""
@@ -198,7 +217,9 @@ class SqlStorage:
                         lease_expires_at=None, version=wf_table.c.version + 1, claims=0,
                         **_cleared_engine_failure())
                 .returning(wf_table.c.retry_count))
-        with self.engine.begin() as conn:
+        doing = f"retrying saga {saga_id!r}"
+        with (_connect(self.engine, doing, saga_id=saga_id) as conn,
+              _translated(self.engine, doing, saga_id=saga_id), conn.begin()):
             moved = conn.execute(stmt).scalar_one_or_none()
             if moved is not None:
                 return int(moved)
@@ -225,36 +246,6 @@ def _explain_refused_retry(saga_id: str, row: Any, max_retries: int) -> None:
                                 f"is {max_retries}; inspect it with `saga-admin show {saga_id}` and resolve "
                                 "it by hand", saga_id=saga_id)
 
-
-def _create_engine(url: str, pool_size: int) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        _configure_sqlite(engine)
-        return engine
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg2", "psycopg2cffi", ""):
-        # psycopg 3 is the supported driver; a bare postgresql:// means it too.
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=False)
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE itself: a
-        # deferred transaction that later writes can fail with "database is
-        # locked" without waiting; IMMEDIATE waits for the busy timeout.
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 # Hot-path statements are built once: re-executing the same statement object
@@ -413,7 +404,8 @@ def _record(row: Any, step_rows: list[Any]) -> WorkflowRecord:
         ),
         retry_count=row["retry_count"], error=error, created_at=row["created_at"],
         updated_at=row["updated_at"], started_at=row["started_at"], current_step=row["current_step"],
-        stuck_after=row["stuck_after"], claims=row["claims"],
+        stuck_after=row["stuck_after"], claims=row["claims"], past_pivot=bool(row["past_pivot"]),
+        locks=tuple(row["locks"] or ()),
     )
 
 
@@ -448,15 +440,73 @@ _HELD_ADVISORY_KEYS = (
 _RECOVERY_PAGE = 500
 
 
+_RELEASE_LOCKS = delete(locks_table).where(locks_table.c.workflow_id == bindparam("w_id"))
+
+
+def _insert_locks(conn: Connection, new: NewWorkflow, *, held: bool) -> None:
+    """Write the new saga's lock rows: held by a saga that runs now, queued for a submitted one.
+
+    A saga that runs now needs every key free of holders; sagas waiting in
+    the queue hold none of their keys.
+    """
+    if held:
+        taken = conn.execute(select(locks_table.c.key, locks_table.c.workflow_id)
+                             .where(locks_table.c.key.in_(new.locks), locks_table.c.held.is_(True))).first()
+        if taken is not None:
+            raise _resource_locked(new.id, new.saga_name, taken.key, taken.workflow_id)
+    # The unique index over held keys is what makes two holders impossible;
+    # the check above only names the holder. The caller's transaction rolls
+    # back on the error, so nothing of the saga is written.
+    try:
+        conn.execute(insert(locks_table), [dict(key=key, workflow_id=new.id, held=held,
+                                                requested_at=new.now) for key in new.locks])
+    except IntegrityError as exc:  # a concurrent saga took a key in between
+        raise _resource_locked(new.id, new.saga_name, None, None) from exc
+
+
+def _take_waiting_locks(conn: Connection, saga_id: str, saga_name: str) -> None:
+    """Take all of a queued saga's keys at once, or raise ResourceLockedError and take none.
+
+    A key is free for this saga when nobody holds it and no saga queued
+    before it waits for it: sagas start in submission order per key.
+    """
+    mine = locks_table.alias("mine")
+    other = locks_table.alias("other")
+    blocking = conn.execute(
+        select(mine.c.key, other.c.workflow_id)
+        .join(other, (other.c.key == mine.c.key) & (other.c.workflow_id != mine.c.workflow_id))
+        .where(mine.c.workflow_id == saga_id, mine.c.held.is_(False),
+               other.c.held.is_(True) | (tuple_(other.c.requested_at, other.c.workflow_id)
+                                         < tuple_(mine.c.requested_at, mine.c.workflow_id)))
+        .order_by(other.c.held.desc())).first()
+    if blocking is not None:
+        raise _resource_locked(saga_id, saga_name, blocking.key, blocking.workflow_id, waiting=True)
+    try:
+        conn.execute(update(locks_table).where(locks_table.c.workflow_id == saga_id,
+                                               locks_table.c.held.is_(False)).values(held=True))
+    except IntegrityError as exc:
+        raise _resource_locked(saga_id, saga_name, None, None, waiting=True) from exc
+
+
+def _resource_locked(saga_id: str, saga_name: str, key: str | None, holder: str | None, *,
+                     waiting: bool = False) -> ResourceLockedError:
+    what = f"lock key {key!r} is held by saga {holder!r}" if key else "one of its lock keys was just taken"
+    then = ("it waits in pending and a worker starts it when its keys are free" if waiting else
+            "nothing was written; wait for that saga to finish, or submit() to queue this one")
+    return ResourceLockedError(f"saga {saga_id!r} ({saga_name}) cannot start: {what}; {then}",
+                               saga_id=saga_id, key=key, holder=holder)
+
+
 def _cleared_engine_failure() -> dict[str, Any]:
     """A retry's values that clear the error block of a saga the engine parked.
 
     A saga parked while going forward (no step failed: ``error_step`` is
-    NULL) resumes forward, so its reason is cleared; a compensation's
-    failure keeps the original error, as the compensation continues.
+    NULL; or past its pivot) resumes forward, so its reason is cleared; a
+    compensation's failure keeps the original error, as the compensation
+    continues.
     """
     c = wf_table.c
-    forward = c.error_step.is_(None) & c.compensation_error.is_(None)
+    forward = (c.error_step.is_(None) & c.compensation_error.is_(None)) | c.past_pivot.is_(True)
     return {column: case((forward, null()), else_=c[column])
             for column in ("error", "error_at", "error_traceback")}
 
@@ -491,6 +541,8 @@ class SqlSession:
         self._autocommit = False
         self._version = 0
         self._insert_workflow = _INSERT_WORKFLOW.get(storage.dialect)
+        #: The saga holds (or waits for) semantic locks, released by its terminal commit.
+        self._has_locks = False
         self._lock_key = storage.lock_key(saga_id)
 
     # -- connection ---------------------------------------------------------
@@ -537,8 +589,12 @@ class SqlSession:
     def begin(self, new: NewWorkflow | None, *, saga_id: str, claim: bool,
               now: datetime) -> WorkflowRecord | None:
         conn = self._connection()
+        if new is not None:
+            self._has_locks = bool(new.locks)
         if self._storage.advisory:
-            if new is not None and new.steps:
+            # A saga with semantic locks is created in a transaction of several
+            # statements: a key that is taken must undo the whole creation.
+            if new is not None and new.steps and not new.locks:
                 if claim:
                     # A session lock outlives a failed statement: from here on
                     # close() releases whatever this session may hold.
@@ -557,17 +613,23 @@ class SqlSession:
                 self._advisory_held = True
         with self._transaction(conn):
             if new is not None and self._insert_new(conn, new, claim):
+                if new.locks:
+                    _insert_locks(conn, new, held=claim and new.started)
                 self._lease_held = claim and not self._storage.advisory
                 self._version = 0
                 return None
-            if claim:
+            record = _load(conn, saga_id)
+            if record is None:
+                raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+            self._has_locks = bool(record.locks)
+            if claim and not record.status.is_terminal:
+                if record.locks:
+                    _take_waiting_locks(conn, saga_id, record.saga_name)
                 if self._storage.advisory:
                     conn.execute(_COUNT_CLAIM, {"w_id": saga_id})
                 else:
                     self._claim_lease(conn, now)
-            record = _load(conn, saga_id)
-            if record is None:
-                raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+                record = dataclasses.replace(record, claims=record.claims + 1)
             self._version = int(conn.execute(select(wf_table.c.version)
                                               .where(wf_table.c.id == saga_id)).scalar_one())
             return record
@@ -575,7 +637,7 @@ class SqlSession:
     def _insert_new(self, conn: Connection, new: NewWorkflow, claim: bool) -> bool:
         lease = claim and not self._storage.advisory
         values = dict(
-            id=new.id, saga_name=new.saga_name, status=new.status.value, input=new.input,
+            id=new.id, saga_name=new.saga_name, status=WorkflowStatus.PENDING.value, input=new.input,
             idempotency_key=new.idempotency_key, fingerprint=new.fingerprint, retry_count=0,
             version=0, created_at=new.now, updated_at=new.now, started_at=new.now if new.started else None,
             stuck_after=new.stuck_after, owner=self._token if lease else None,
@@ -583,6 +645,7 @@ class SqlSession:
             # The creating executor is the saga's first claim when it runs it.
             claims=1 if claim else 0,
             lock_key=self._lock_key if self._storage.advisory else None,
+            locks=list(new.locks) if new.locks else None,
         )
         if self._storage.dialect == "postgresql" and new.steps:
             params: dict[str, Any] = {f"w_{c}": v for c, v in values.items()}
@@ -699,14 +762,17 @@ class SqlSession:
                 values["lease_expires_at"] = None
             else:
                 values["lease_expires_at"] = values["updated_at"] + LEASE_DURATION
+        release = self._has_locks and values.get("status") in _RELEASING_VALUES
         if self._storage.dialect == "postgresql" and len(change.steps) <= 1 and not (
-                change.new_steps or change.removed_steps):
+                change.new_steps or change.removed_steps or release):
             # The common commits: one step and the saga row, or the saga row alone.
             with self._transaction(conn, one_statement=True):
                 self._write_one_statement(conn, change, values, expected)
             return
         with self._transaction(conn):
             self._update_workflow(conn, values, expected)
+            if release:
+                conn.execute(_RELEASE_LOCKS, {"w_id": self._saga_id})
             for name, step_values in change.steps.items():
                 conn.execute(_UPDATE_STEP, dict(step_values, s_workflow_id=self._saga_id, s_name=name))
             if change.new_steps:
@@ -767,3 +833,7 @@ class SqlSession:
 
 
 _TERMINAL_VALUES = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
+#: Terminal statuses that release a saga's semantic locks; dead letter keeps
+#: them, as the resource is in an unknown state until a person resolves it.
+_RELEASING_VALUES = frozenset(s.value for s in WorkflowStatus
+                              if s.is_terminal and s != WorkflowStatus.DEAD_LETTER)

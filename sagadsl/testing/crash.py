@@ -27,7 +27,7 @@ from ..errors import SagaError
 from ..records import QueryResult, WorkflowRecord
 from ..saga import Saga
 from ..status import StepStatus, WorkflowStatus
-from ..storage.base import Change, NewWorkflow, QueryFilter, Storage, StorageSession
+from ..storage.base import Change, LockRecord, NewWorkflow, QueryFilter, Storage, StorageSession
 from ..storage.memory import InMemoryStorage
 from .clock import FakeClock
 
@@ -166,6 +166,9 @@ class CrashingStorage:
 
     def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
         return self.inner.recoverable(now, limit, exclude)
+
+    def locks(self, keys: Sequence[str] = ()) -> list[LockRecord]:
+        return self.inner.locks(keys)
 
     def close(self) -> None:
         self.inner.close()
