@@ -6,10 +6,12 @@ committed before the next step runs; a failure compensates completed steps in
 reverse order; a failed compensation parks the saga in dead letter.
 """
 
+import logging as _logging
+
 from .clock import Clock, SystemClock
 from .codec import from_json, to_json
 from .decorators import compensates, step
-from .definition import CompensationDefinition, SagaDefinition, StepDefinition
+from .definition import CompensationDefinition, SagaDefinition, StepDefinition, StepKind
 from .engine import DEFAULT_DATABASE_URL, SagaEngine
 from .errors import (
     CompensationFailedError,
@@ -19,6 +21,7 @@ from .errors import (
     IdempotencyConflictError,
     IdempotencyRequiredError,
     InvalidStateError,
+    ResourceLockedError,
     RetryCapExceededError,
     SagaDefinitionError,
     SagaError,
@@ -32,6 +35,7 @@ from .errors import (
     UnknownSagaError,
 )
 from .events import SagaEvent, SagaEvents
+from .keys import render_locks
 from .limits import MAX_ERROR_LENGTH, MAX_EXECUTION_DURATION, MAX_RETRY_COUNT, truncate_error
 from .locks import Lock, NoopLock, ThreadLock
 from .policies import CompensationPolicy, RetryPolicy
@@ -45,7 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     # DSL
     "Saga", "SagaMeta", "step", "compensates", "RetryPolicy", "CompensationPolicy",
-    "SagaDefinition", "StepDefinition", "CompensationDefinition",
+    "SagaDefinition", "StepDefinition", "CompensationDefinition", "StepKind", "render_locks",
     # engine and records
     "SagaEngine", "SagaResult", "WorkflowRecord", "StepRecord", "ErrorInfo", "QueryResult",
     "WorkflowStatus", "StepStatus", "DEFAULT_DATABASE_URL",
@@ -61,6 +65,11 @@ __all__ = [
     "SagaFailedError", "CompensationFailedError", "DeadLetterError", "RetryCapExceededError",
     "ExecutionTimeoutError", "StepTimeoutError", "SagaLockedError", "SerializationError",
     "UnknownSagaError", "SagaNotFoundError", "InvalidStateError", "DefinitionChangedError",
-    "SchemaOutOfDateError", "StorageError",
+    "SchemaOutOfDateError", "StorageError", "ResourceLockedError",
     "__version__",
 ]
+
+# A library's log records go where the application sends them: without this,
+# an application that configured no logging would get every failing step's
+# traceback on stderr from Python's last-resort handler.
+_logging.getLogger("sagadsl").addHandler(_logging.NullHandler())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar, Union
+from typing import Any, Callable, TypeVar, Union, overload
 
 from .errors import SagaDefinitionError
 from .policies import CompensationPolicy, RetryPolicy
@@ -38,7 +38,9 @@ class StepSpec:
     retry: RetryPolicy
     timeout: float | None
     compensation: CompensationPolicy
-    after: tuple[StepRef, ...] | None
+    after: tuple[str, ...] | None
+    pivot: bool = False
+    transactional: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class CompensatesSpec:
     """What ``@compensates(...)`` recorded on a method."""
 
     target: str
+    transactional: bool = False
 
 
 def display_name(func: Callable[..., Any]) -> str:
@@ -55,16 +58,59 @@ def display_name(func: Callable[..., Any]) -> str:
     return ".".join(parts[-2:])
 
 
-def _ref_name(ref: object, where: str, what: str) -> str:
+def _ref_problem(ref: object, what: str) -> str | None:
+    """Why ``ref`` names no step (a "{what} ..." text), or None."""
     if isinstance(ref, str):
-        if not ref:
-            raise SagaDefinitionError(f"{where}: {what} got an empty step name")
-        return ref
+        return f"{what} got an empty step name" if not ref else None
     if callable(ref) and hasattr(ref, "__name__"):
-        return str(ref.__name__)
-    raise SagaDefinitionError(f"{where}: {what} takes a step name (str) or a step method, got {ref!r}")
+        return None
+    return f"{what} takes a step name (str) or a step method, got {ref!r}"
 
 
+def _ref_name(ref: StepRef) -> str:
+    return ref if isinstance(ref, str) else str(ref.__name__)
+
+
+class _Missing:
+    """The default of ``compensates(target)``: ``@compensates()`` gets a clear message."""
+
+
+_MISSING = _Missing()
+
+#: ``after=`` of ``@step``: one step, or several.
+After = Union[StepRef, tuple[StepRef, ...], list[StepRef], None]
+
+
+@overload
+def step(
+    *,
+    idempotency_key: str,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    compensation: CompensationPolicy | None = None,
+    after: After = None,
+    pivot: bool = False,
+    transactional: bool = False,
+) -> Callable[[F], F]: ...
+
+
+@overload
+def step(
+    *,
+    idempotency_key: Callable[[Any], str],
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    compensation: CompensationPolicy | None = None,
+    after: After = None,
+    pivot: bool = False,
+    transactional: bool = False,
+) -> Callable[[F], F]: ...
+
+
+# The overloads are what type checkers see: a key is required, and a bare
+# ``@step`` or an ``@step()`` without one is a type error. The implementation
+# accepts both, so that at run time they get a SagaDefinitionError with the
+# correct usage instead of Python's TypeError about a missing argument.
 def step(
     _misused: Any = None,
     *,
@@ -72,15 +118,18 @@ def step(
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
     compensation: CompensationPolicy | None = None,
-    after: StepRef | tuple[StepRef, ...] | list[StepRef] | None = None,
+    after: After = None,
+    pivot: bool = False,
+    transactional: bool = False,
 ) -> Callable[[F], F]:
     """Mark a saga method as a step.
 
     Args:
         idempotency_key: Required. A template such as ``"charge-{order_id}"``
-            over the input's fields and ``saga_id``, or a callable receiving
-            the saga instance. Available in the step as ``self.step_key``;
-            it is the same for every attempt and after a resume.
+            over the input's fields and ``saga_id`` (plain field names only),
+            or a callable receiving the saga instance. Available in the step
+            as ``self.step_key``; it is the same for every attempt and after
+            a resume.
         retry: How failed attempts are retried; default: no retry.
         timeout: Seconds one attempt may take; default: bounded only by the
             saga's ``MAX_EXECUTION_DURATION``. An async step is cancelled at
@@ -92,9 +141,17 @@ def step(
         after: Steps this one depends on (names or methods). By default a
             step depends on the step declared before it; ``after=()`` makes
             it a root. Steps whose dependencies are done run concurrently.
+        pivot: This step is the point of no return (at most one per saga):
+            the steps it depends on are compensatable, the steps that depend
+            on it are retriable, retried until they succeed and never
+            compensated. The pivot itself has no compensation.
+        transactional: ``self.db`` is a SQLAlchemy ``Session`` whose writes
+            commit in the same transaction as the step's completion. The
+            method must be sync (``def``).
 
     Raises:
-        SagaDefinitionError: if used without parentheses or with bad arguments.
+        SagaDefinitionError: naming ``Class.method``, if used without
+            parentheses or with bad arguments.
     """
     if _misused is not None:
         where = display_name(_misused) if callable(_misused) else "@step"
@@ -102,13 +159,21 @@ def step(
             f'{where}: @step must be called with an idempotency key, e.g. '
             f'@step(idempotency_key="{getattr(_misused, "__name__", "step")}-{{order_id}}")'
         )
+    # Bad arguments are reported when the method is known, so that the
+    # message names Class.method like every other definition error.
+    problem: str | None = None
     if retry is not None and not isinstance(retry, RetryPolicy):
-        raise SagaDefinitionError(f"@step: retry must be a RetryPolicy, got {retry!r}")
-    if compensation is not None and not isinstance(compensation, CompensationPolicy):
-        raise SagaDefinitionError(f"@step: compensation must be a CompensationPolicy, got {compensation!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or timeout <= 0):
-        raise SagaDefinitionError(f"@step: timeout must be a number of seconds > 0, got {timeout!r}")
+        problem = f"retry= must be a RetryPolicy, e.g. retry=RetryPolicy(max_attempts=3), got {retry!r}"
+    elif compensation is not None and not isinstance(compensation, CompensationPolicy):
+        problem = ("compensation= must be a CompensationPolicy, e.g. "
+                   f"compensation=CompensationPolicy(max_attempts=5), got {compensation!r}")
+    elif timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                  or timeout <= 0):
+        problem = f"timeout= must be a number of seconds > 0, got {timeout!r}"
+    elif not isinstance(pivot, bool):
+        problem = f"pivot= must be True or False, got {pivot!r}"
+    elif not isinstance(transactional, bool):
+        problem = f"transactional= must be True or False, got {transactional!r}"
     deps: tuple[StepRef, ...] | None
     if after is None:
         deps = None
@@ -116,31 +181,42 @@ def step(
         deps = tuple(after)
     else:
         deps = (after,)
+    for dep in deps or ():
+        problem = problem or _ref_problem(dep, "@step(after=...)")
 
     def decorate(func: F) -> F:
         where = display_name(func)
+        if problem is not None:
+            raise SagaDefinitionError(f"{where}: {problem}")
         if not inspect.isfunction(func):
             raise SagaDefinitionError(f"{where}: @step decorates a plain (sync or async) method, "
                                       f"got {type(func).__name__}")
         if hasattr(func, COMPENSATES_ATTR):
             raise SagaDefinitionError(f"{where}: a method cannot be both @step and @compensates; "
                                       "write the compensation as its own method")
-        if deps is not None:
-            for dep in deps:
-                _ref_name(dep, where, "@step(after=...)")
         setattr(func, STEP_ATTR, StepSpec(
             idempotency_key=idempotency_key,
             retry=retry or RetryPolicy(),
             timeout=float(timeout) if timeout is not None else None,
             compensation=compensation or CompensationPolicy(),
-            after=tuple(_ref_name(d, where, "@step(after=...)") for d in deps) if deps is not None else None,
+            after=tuple(_ref_name(d) for d in deps) if deps is not None else None,
+            pivot=pivot,
+            transactional=transactional,
         ))
         return func
 
     return decorate
 
 
-def compensates(target: StepRef) -> Callable[[F], F]:
+@overload
+def compensates(target: str, *, transactional: bool = False) -> Callable[[F], F]: ...
+
+
+@overload
+def compensates(target: Callable[..., Any], *, transactional: bool = False) -> Callable[[F], F]: ...
+
+
+def compensates(target: StepRef | _Missing = _MISSING, *, transactional: bool = False) -> Callable[[F], F]:
     """Mark a saga method as the compensation of the step ``target``.
 
     The compensation runs when a later step fails and ``target`` had
@@ -149,21 +225,37 @@ def compensates(target: StepRef) -> Callable[[F], F]:
 
     Args:
         target: The step's method name, or the step method itself.
+        transactional: ``self.db`` is a SQLAlchemy ``Session`` whose writes
+            commit with the step's ``compensated`` status. The method must
+            be sync (``def``).
 
     Raises:
-        SagaDefinitionError: if used without parentheses or with a bad target.
+        SagaDefinitionError: naming ``Class.method``, if used without
+            parentheses, without a step, or with a bad target.
     """
-    name = _ref_name(target, "@compensates", "@compensates(...)")
+    usage = '@compensates("reserve") or @compensates(reserve)'
+    name: str | None = None
+    problem: str | None = None
+    if isinstance(target, _Missing):
+        problem = f"@compensates() needs the step it undoes, e.g. {usage}"
+    elif not isinstance(transactional, bool):
+        problem = f"transactional= must be True or False, got {transactional!r}"
+    else:
+        problem = _ref_problem(target, "@compensates(...)")
+        name = _ref_name(target) if problem is None else None
 
     def decorate(func: F) -> F:
         where = display_name(func)
+        if problem is not None:
+            raise SagaDefinitionError(f"{where}: {problem}")
         if not inspect.isfunction(func):
             raise SagaDefinitionError(f"{where}: @compensates decorates a plain (sync or async) method, "
                                       f"got {type(func).__name__}")
         if hasattr(func, STEP_ATTR):
             raise SagaDefinitionError(f"{where}: a method cannot be both @step and @compensates; "
                                       "write the compensation as its own method")
-        setattr(func, COMPENSATES_ATTR, CompensatesSpec(target=name))
+        assert name is not None
+        setattr(func, COMPENSATES_ATTR, CompensatesSpec(target=name, transactional=transactional))
         return func
 
     if inspect.isfunction(target) and not hasattr(target, STEP_ATTR):

@@ -1,43 +1,24 @@
-"""Saga classes by registered name, so a stored saga can be rebuilt from its row."""
+"""Saga classes by registered name, so a stored saga can be rebuilt from its row.
+
+``SagaMeta`` registers each class when its class statement runs (and refuses
+a name another class holds); this module looks them up.
+"""
 
 from __future__ import annotations
 
 import importlib
-import threading
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .errors import SagaDefinitionError, UnknownSagaError
+from .errors import UnknownSagaError
+from .saga import Saga, registered_classes
 
-if TYPE_CHECKING:
-    from .saga import Saga
+__all__ = ["lookup", "registered_names", "import_modules"]
 
-__all__ = ["register", "lookup", "registered_names", "import_modules"]
-
-_lock = threading.Lock()
-_by_name: dict[str, type[Saga[object]]] = {}
+#: The registered classes by name (the metaclass's table, read here).
+_by_name = registered_classes
 
 
-def _origin(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def register(name: str, cls: type[Saga[object]]) -> None:
-    """Register ``cls`` under ``name``.
-
-    Re-registering the same module and qualified name (a reloaded module, a
-    class statement run twice) replaces the old class; another class raises.
-    """
-    with _lock:
-        existing = _by_name.get(name)
-        if existing is not None and existing is not cls and _origin(existing) != _origin(cls):
-            raise SagaDefinitionError(
-                f"{cls.__name__}: the saga name {name!r} is already registered by "
-                f"{_origin(existing)}; pass another name: class {cls.__name__}(Saga[...], name=\"...\")"
-            )
-        _by_name[name] = cls
-
-
-def lookup(name: str) -> type[Saga[object]]:
+def lookup(name: str) -> type[Saga[Any]]:
     """The class registered under ``name``.
 
     Raises:
@@ -54,8 +35,7 @@ def lookup(name: str) -> type[Saga[object]]:
 
 def registered_names() -> list[str]:
     """All registered saga names, sorted."""
-    with _lock:
-        return sorted(_by_name)
+    return sorted(_by_name.copy())
 
 
 def import_modules(modules: list[str] | tuple[str, ...]) -> None:

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import sys
+import threading
 import typing
 from typing import Any, ClassVar, Generic, TypeVar
 
-from .decorators import (
-    BARE_COMPENSATES_ATTR,
-    COMPENSATES_ATTR,
-    STEP_ATTR,
-    CompensatesSpec,
-    StepSpec,
-    display_name,
-)
-from .definition import SagaDefinition, build_definition
+from .build import Member, build_definition
+from .decorators import BARE_COMPENSATES_ATTR, COMPENSATES_ATTR, STEP_ATTR, display_name
+from .definition import SagaDefinition
 from .errors import SagaDefinitionError
-from .registry import register
 from .runtime.context import attempt_number, step_key
 
 __all__ = ["Saga", "SagaMeta", "InputT"]
 
 InputT = TypeVar("InputT")
 
+# Every saga class by registered name, so that a worker can rebuild a saga from
+# its stored row. The metaclass fills it; sagadsl/registry.py reads it. It
+# lives here, not there, so that the dependency runs one way (registry -> saga).
+registered_classes: dict[str, type[Saga[Any]]] = {}
+_registering = threading.Lock()
 
 
 def _is_marked(value: object) -> bool:
@@ -47,7 +46,9 @@ class SagaMeta(type):
 
     Class keywords: ``name="orders.place"`` (default ``module:QualName``)
     registers the class under that name; ``abstract=True`` marks a base class
-    without steps of its own.
+    without steps of its own; ``locks=("account:{src}", ...)`` gives the
+    semantic lock templates (DESIGN §7; a subclass without ``locks=``
+    inherits its base's).
     """
 
     @classmethod
@@ -56,7 +57,7 @@ class SagaMeta(type):
 
     def __new__(
         mcls, cls_name: str, bases: tuple[type, ...], namespace: dict[str, Any], /,
-        *, name: str | None = None, abstract: bool = False, **kwargs: Any,
+        *, name: str | None = None, abstract: bool = False, locks: object = None, **kwargs: Any,
     ) -> SagaMeta:
         cls = super().__new__(mcls, cls_name, bases, dict(namespace), **kwargs)
         if not any(isinstance(base, SagaMeta) for base in bases):
@@ -70,8 +71,11 @@ class SagaMeta(type):
             )
         input_type = _input_type(cls, bases)
         cls.__saga_input_type__ = input_type  # type: ignore[attr-defined]
-        steps, compensations = _collect(cls, cls_name)
-        if not steps:
+        if locks is None:
+            locks = getattr(cls, "__saga_locks__", ())  # a base's, inherited
+        cls.__saga_locks__ = locks  # type: ignore[attr-defined]
+        members = _collect(cls, cls_name)
+        if not any(_is_step(member) for member in members):
             if abstract:
                 setattr(cls, "definition", None)
                 return cls
@@ -86,11 +90,11 @@ class SagaMeta(type):
         # types local to the function running the class statement, or to the
         # class body itself: resolve them against both, as Python code would.
         localns = {**sys._getframe(1).f_locals, **namespace}
-        definition = build_definition(cls_name, saga_name, input_type, steps, compensations, cls,
+        definition = build_definition(cls_name, saga_name, input_type, members, cls, locks=locks,
                                       localns=localns)
         setattr(cls, "definition", definition)
         setattr(cls, "saga_name", saga_name)
-        register(saga_name, cls)  # type: ignore[arg-type]
+        _register(saga_name, cls)
         return cls
 
     def __init__(cls, cls_name: str, bases: tuple[type, ...], namespace: dict[str, Any], /,
@@ -121,31 +125,51 @@ def _input_type(cls: type, bases: tuple[type, ...]) -> Any:
     return Any
 
 
-def _collect(cls: type, cls_name: str) -> tuple[
-    list[tuple[str, Any, StepSpec]], list[tuple[str, Any, CompensatesSpec]]
-]:
+def _is_step(member: Member) -> bool:
+    return hasattr(member.func, STEP_ATTR)
+
+
+def _collect(cls: type, cls_name: str) -> list[Member]:
     """Decorated members by MRO, base classes first; overrides keep their place."""
-    steps: dict[str, tuple[Any, StepSpec]] = {}
-    comps: dict[str, tuple[Any, CompensatesSpec]] = {}
+    members: dict[str, Member] = {}
     for klass in reversed(cls.__mro__):
         if not isinstance(klass, SagaMeta):
             continue
         for attr, value in vars(klass).items():
-            step_spec = getattr(value, STEP_ATTR, None)
-            comp_spec = getattr(value, COMPENSATES_ATTR, None)
-            if step_spec is not None:
-                steps[attr] = (value, step_spec)
-                comps.pop(attr, None)
-            elif comp_spec is not None:
-                comps[attr] = (value, comp_spec)
-                steps.pop(attr, None) if attr in steps and klass is not cls else None
-            elif attr in steps and callable(value):
+            spec = getattr(value, STEP_ATTR, None) or getattr(value, COMPENSATES_ATTR, None)
+            known = members.get(attr)
+            if spec is not None:
+                if known is not None and _is_step(known) and not hasattr(value, STEP_ATTR):
+                    raise SagaDefinitionError(
+                        f"{cls_name}.{attr}: overrides the step {display_name(known.func)} with a "
+                        "compensation; give the compensation its own name")
+                members[attr] = Member(attr, value, spec, klass)
+            elif known is not None and _is_step(known) and callable(value):
                 raise SagaDefinitionError(
-                    f"{cls_name}.{attr}: overrides the step {display_name(steps[attr][0])} without @step; "
+                    f"{cls_name}.{attr}: overrides the step {display_name(known.func)} without @step; "
                     f"decorate the override with @step(idempotency_key=...)"
                 )
-    return ([(n, f, s) for n, (f, s) in steps.items()],
-            [(n, f, s) for n, (f, s) in comps.items()])
+    return list(members.values())
+
+
+def _register(name: str, cls: SagaMeta) -> None:
+    """Register ``cls`` under ``name``.
+
+    Re-registering the same module and qualified name (a reloaded module, a
+    class statement run twice) replaces the old class; another class raises.
+    """
+    with _registering:
+        existing = registered_classes.get(name)
+        if existing is not None and existing is not cls and _origin(existing) != _origin(cls):
+            raise SagaDefinitionError(
+                f"{cls.__name__}: the saga name {name!r} is already registered by "
+                f"{_origin(existing)}; pass another name: class {cls.__name__}(Saga[...], name=\"...\")"
+            )
+        registered_classes[name] = typing.cast("type[Saga[Any]]", cls)
+
+
+def _origin(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 class Saga(Generic[InputT], metaclass=SagaMeta):

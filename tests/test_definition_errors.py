@@ -108,7 +108,7 @@ def test_parameter_that_names_no_step() -> None:
 
     assert raised(info) == (
         "Bad.charge: parameter 'reservation' names no step; a step's parameters receive the results "
-        "of earlier steps, by name (reserve, charge)")
+        "of earlier steps, by name (reserve)")
 
 
 def test_parameter_naming_a_later_step() -> None:
@@ -214,7 +214,7 @@ def test_after_names_an_unknown_step() -> None:
             @step(idempotency_key="b-{order_id}", after="x")
             def b(self) -> None: ...
 
-    assert raised(info) == "Bad.b: after= names 'x', which is no step of Bad; steps are: a, b"
+    assert raised(info) == "Bad.b: after= names 'x', which is no step of Bad; the other steps are: a"
 
 
 def test_step_without_parentheses() -> None:
@@ -303,31 +303,120 @@ def test_override_of_a_step_without_step_decorator() -> None:
 
 
 def test_every_problem_is_reported_together_in_declaration_order() -> None:
+    # Written so that the checks, run one after the other, find them in the
+    # opposite order: keys are checked before parameters, parameters before
+    # compensations.
     with pytest.raises(SagaDefinitionError) as info:
-        class Bad(Saga[Order]):
-            @step(idempotency_key="")
-            def a(self) -> None: ...
-
-            @step(idempotency_key="b-{order_id}")
-            def b(self, nothing: int) -> None: ...
+        class Bad(Saga[Order], name="n" * 256):
+            @step(idempotency_key="a-{order_id}")
+            def a(self, nothing: int) -> None: ...
 
             @compensates("zzz")
             def undo(self) -> None: ...
 
+            @step(idempotency_key="")
+            def b(self) -> None: ...
+
     assert raised(info).splitlines() == [
-        "Bad.a: idempotency_key must be a non-empty template or a callable, got ''",
-        "Bad.b: parameter 'nothing' names no step; a step's parameters receive the results of "
-        "earlier steps, by name (a, b)",
+        f"Bad: the saga name {'n' * 40 + '...'!r} is 256 characters long, and the database stores at "
+        'most 255; pass a shorter one: class Bad(Saga[...], name="...")',
+        "Bad.a: parameter 'nothing' names no step; a step's parameters receive the results of "
+        "earlier steps, and a depends on none",
         "Bad.undo: @compensates('zzz') names no step of Bad; steps are: a, b",
+        "Bad.b: idempotency_key must be a non-empty template or a callable, got ''",
     ]
+
+
+def test_an_inherited_compensation_is_named_by_the_class_that_defines_it() -> None:
+    class Base(Saga[Order], abstract=True):
+        @step(idempotency_key="reserve-{order_id}")
+        def reserve(self) -> None: ...
+
+        @compensates(reserve)
+        def release(self) -> None: ...
+
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Base):
+            @compensates("reserve")
+            def release_again(self) -> None: ...
+
+    assert raised(info) == ("Bad.release_again: step 'reserve' already has the compensation "
+                            "Base.release; a step has at most one, so merge them")
 
 
 @pytest.mark.parametrize("timeout", [0, -1.0, True, "5"])
 def test_step_timeout_must_be_positive_seconds(timeout: Any) -> None:
     with pytest.raises(SagaDefinitionError) as info:
-        step(idempotency_key="a", timeout=timeout)
+        class Bad(Saga[Order]):
+            @step(idempotency_key="a-{order_id}", timeout=timeout)
+            def a(self) -> None: ...
 
-    assert raised(info) == f"@step: timeout must be a number of seconds > 0, got {timeout!r}"
+    assert raised(info) == f"Bad.a: timeout= must be a number of seconds > 0, got {timeout!r}"
+
+
+def test_step_retry_that_is_not_a_policy() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="a-{order_id}", retry=3)  # type: ignore[call-overload]
+            def a(self) -> None: ...
+
+    assert raised(info) == ("Bad.a: retry= must be a RetryPolicy, e.g. retry=RetryPolicy(max_attempts=3), "
+                            "got 3")
+
+
+def test_compensates_without_a_step() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> None: ...
+
+            @compensates()  # type: ignore[call-overload]
+            def release(self) -> None: ...
+
+    assert raised(info) == ('Bad.release: @compensates() needs the step it undoes, e.g. '
+                            '@compensates("reserve") or @compensates(reserve)')
+
+
+def test_step_key_template_with_attribute_access() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id.__class__}")
+            def reserve(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad.reserve: idempotency_key 'reserve-{order_id.__class__}' uses {order_id.__class__}; a template "
+        "names input fields only, without attribute access, indexing or positional fields: write "
+        "{order_id}, or pass a callable (idempotency_key=lambda saga: ...)")
+
+
+@pytest.mark.parametrize(("template", "field"), [
+    ("r-{order_id[0]}", "{order_id[0]}"),
+    ("r-{}", "{}"),
+    ("r-{order_id:{cents.real}}", "{order_id:{cents.real}}"),
+])
+def test_step_key_template_with_indexing_or_positional_fields(template: str, field: str) -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key=template)
+            def reserve(self) -> None: ...
+
+    plain = "{field}" if field == "{}" else "{order_id}"
+    assert raised(info) == (
+        f"Bad.reserve: idempotency_key {template!r} uses {field}; a template names input fields only, "
+        f"without attribute access, indexing or positional fields: write {plain}, or pass a callable "
+        "(idempotency_key=lambda saga: ...)")
+
+
+def test_saga_name_with_a_nul_character() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order], name="orders\x00place"):
+            @step(idempotency_key="a-{order_id}")
+            def a(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad: the saga name 'orders\\x00place' contains '\\x00', which the database cannot store "
+        "(PostgreSQL refuses NUL characters, and no UTF-8 database stores a lone surrogate); "
+        "remove it from name=")
 
 
 def test_a_valid_class_builds_its_definition() -> None:
@@ -504,3 +593,214 @@ def test_a_result_type_defined_in_the_class_body_is_resolved() -> None:
         def receipt(self) -> Receipt: return Good.Receipt(1)
 
     assert Good.definition.step("receipt").return_type() is Good.Receipt
+
+
+# -- the pivot (DESIGN §7) -----------------------------------------------------------------
+
+
+def test_more_than_one_pivot() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="charge-{order_id}", pivot=True)
+            def charge(self) -> None: ...
+
+            @step(idempotency_key="confirm-{order_id}", pivot=True)
+            def confirm(self) -> None: ...
+
+    assert raised(info) == ("Bad.confirm: a saga has at most one pivot, and Bad.charge is one already; "
+                            "keep pivot=True only on the step after which nothing can be undone")
+
+
+def test_a_compensation_on_the_pivot() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="charge-{order_id}", pivot=True)
+            def charge(self) -> None: ...
+
+            @compensates(charge)
+            def refund(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad.refund: compensates the pivot 'charge', which is the point of no return and is never "
+        "compensated; remove @compensates('charge'), or, if charge can be undone, make a later step "
+        "the pivot")
+
+
+def test_a_compensation_on_a_step_after_the_pivot() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="charge-{order_id}", pivot=True)
+            def charge(self) -> None: ...
+
+            @step(idempotency_key="ship-{order_id}")
+            def ship(self) -> None: ...
+
+            @compensates(ship)
+            def cancel_shipment(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad.cancel_shipment: compensates 'ship', which runs after the pivot 'charge' and so is retried "
+        "until it succeeds, never compensated; remove @compensates('ship'), or make a later step the "
+        "pivot so that ship runs before it")
+
+
+def test_a_step_beside_the_pivot() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="reserve-{order_id}")
+            def reserve(self) -> None: ...
+
+            @step(idempotency_key="charge-{order_id}", pivot=True)
+            def charge(self) -> None: ...
+
+            @step(idempotency_key="audit-{order_id}", after=reserve)
+            def audit(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad.audit: runs beside the pivot 'charge' (neither before nor after it), so a failure of audit "
+        "could neither be undone with the steps before the pivot nor retried with those after it; order "
+        "it: add 'charge' to its after= (retried after the pivot), or add 'audit' to the pivot's after= "
+        "(compensatable before it)")
+
+
+def test_pivot_must_be_a_bool() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="charge-{order_id}", pivot="yes")  # type: ignore[call-overload]
+            def charge(self) -> None: ...
+
+    assert raised(info) == "Bad.charge: pivot= must be True or False, got 'yes'"
+
+
+# -- semantic locks (DESIGN §7) ------------------------------------------------------------
+
+
+@dataclass
+class Transfer:
+    src: str
+    dst: str
+    cents: int
+
+
+def test_locks_given_as_a_list() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Transfer], locks=["account:{src}"]):
+            @step(idempotency_key="move-{src}")
+            def move(self) -> None: ...
+
+    assert raised(info) == ("Bad: locks= must be a tuple, not a list (a definition is frozen); write "
+                            "locks=('account:{src}',)")
+
+
+def test_locks_given_as_a_bare_string() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Transfer], locks="account:{src}"):
+            @step(idempotency_key="move-{src}")
+            def move(self) -> None: ...
+
+    assert raised(info) == ("Bad: locks= is the single string 'account:{src}', which would be read as one "
+                            "template per character; pass a tuple, e.g. locks=('account:{src}',)")
+
+
+def test_locks_given_as_something_else() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Transfer], locks={"account:{src}"}):
+            @step(idempotency_key="move-{src}")
+            def move(self) -> None: ...
+
+    assert raised(info) == ('Bad: locks= must be a tuple of key templates, e.g. locks=("account:{src}", '
+                            "\"account:{dst}\"), got set {'account:{src}'}")
+
+
+def test_a_lock_that_is_no_template() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Transfer], locks=("account:{src}", 7, "")):
+            @step(idempotency_key="move-{src}")
+            def move(self) -> None: ...
+
+    assert raised(info).splitlines() == [
+        'Bad: locks= holds 7, which is no key template; give non-empty strings, e.g. '
+        'locks=("account:{src}", "account:{dst}")',
+        "Bad: locks= holds '', which is no key template; give non-empty strings, e.g. "
+        'locks=("account:{src}", "account:{dst}")',
+    ]
+
+
+def test_a_lock_template_without_any_field() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Transfer], locks=("accounts",)):
+            @step(idempotency_key="move-{src}")
+            def move(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad: locks= template 'accounts' has no {field}, so every Bad would take the same lock and none "
+        'could run beside another; include an input field, e.g. locks=("account:{src}", "account:{dst}")')
+
+
+def test_a_lock_template_field_the_input_type_lacks() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Transfer], locks=("account:{source}", "run:{saga_id}")):
+            @step(idempotency_key="move-{src}")
+            def move(self) -> None: ...
+
+    assert raised(info).splitlines() == [
+        "Bad: locks= template 'account:{source}' uses 'source', which the input type Transfer does not "
+        "have; use one of: cents, dst, src",
+        "Bad: locks= template 'run:{saga_id}' uses 'saga_id', which the input type Transfer does not "
+        "have; use one of: cents, dst, src",
+    ]
+
+
+@pytest.mark.parametrize(("template", "field", "plain"), [
+    ("account:{src.id}", "{src.id}", "{src}"),
+    ("account:{dst[0]}", "{dst[0]}", "{dst}"),
+])
+def test_a_lock_template_with_attribute_access_or_indexing(template: str, field: str, plain: str) -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Transfer], locks=(template,)):
+            @step(idempotency_key="move-{src}")
+            def move(self) -> None: ...
+
+    assert raised(info) == (
+        f"Bad: locks= template {template!r} uses {field}; a template names input fields only, without "
+        f"attribute access, indexing or positional fields: write {plain}, or give the input a field with "
+        "the value the lock needs")
+
+
+# -- transactional steps (DESIGN §9) -------------------------------------------------------
+
+
+def test_an_async_transactional_step() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="insert-{order_id}", transactional=True)
+            async def insert(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad.insert: @step(transactional=True) needs a sync method: self.db is a synchronous SQLAlchemy "
+        "Session on the saga's connection; make it a plain def (not async def), or drop transactional=True")
+
+
+def test_an_async_transactional_compensation() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="insert-{order_id}")
+            def insert(self) -> None: ...
+
+            @compensates(insert, transactional=True)
+            async def delete(self) -> None: ...
+
+    assert raised(info) == (
+        "Bad.delete: @compensates(transactional=True) needs a sync method: self.db is a synchronous "
+        "SQLAlchemy Session on the saga's connection; make it a plain def (not async def), or drop "
+        "transactional=True")
+
+
+def test_a_step_cannot_be_called_db() -> None:
+    with pytest.raises(SagaDefinitionError) as info:
+        class Bad(Saga[Order]):
+            @step(idempotency_key="db-{order_id}")
+            def db(self) -> None: ...
+
+    assert raised(info) == ("Bad.db: a step cannot be called 'db' because the saga instance uses that "
+                            "name (self.db); rename the step")

@@ -308,3 +308,13 @@ def test_any_failure_point_in_any_graph(model_engine: tuple[SagaEngine, list[tup
         assert isinstance(raised.__cause__, StepFailed)
         assert record.status == "failed"
         assert record.error.compensation_error is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenario=scenarios())
+def test_the_definition_keeps_the_closures_of_any_graph(scenario: Scenario) -> None:
+    definition = build_saga(scenario, Trace()).definition
+
+    for s in scenario.steps:
+        assert definition.ancestors[s.name] == {f"s{i}" for i in scenario.ancestors(s.index)}
+        assert definition.descendants[s.name] == {f"s{i}" for i in scenario.descendants(s.index)}

@@ -213,3 +213,69 @@ def test_to_dot_escapes_quotes_in_the_saga_name() -> None:
 
     first_line = Quoted.definition.to_dot().splitlines()[0]
     assert first_line == 'digraph "tests.graph_render.\\"quoted\\"" {'
+
+
+# -- step kinds and locks in the drawings (DESIGN §7) ----------------------------------------
+
+
+class Checkout(Saga[Trip], name="tests.graph_render.checkout", locks=("trip:{trip_id}",)):
+    @step(idempotency_key="reserve-{trip_id}")
+    def reserve(self) -> None:
+        pass
+
+    @compensates(reserve)
+    def release(self) -> None:
+        pass
+
+    @step(idempotency_key="charge-{trip_id}", pivot=True)
+    def charge(self) -> None:
+        pass
+
+    @step(idempotency_key="ship-{trip_id}")
+    async def ship(self) -> None:
+        pass
+
+
+def test_to_text_marks_the_pivot_and_the_retriable_steps_and_lists_the_locks() -> None:
+    assert Checkout.definition.to_text() == """\
+tests.graph_render.checkout (Checkout)
+  locks: trip:{trip_id}
+  1. reserve [sync]  undo: release
+  2. charge [sync, pivot] after reserve
+  3. ship [async, retriable] after charge"""
+
+
+def test_to_mermaid_draws_the_pivot_as_a_hexagon_and_retriable_steps_rounded() -> None:
+    assert Checkout.definition.to_mermaid() == """\
+flowchart TD
+    step_reserve["reserve"]
+    undo_reserve(["release"])
+    step_reserve -. compensated by .-> undo_reserve
+    step_charge{{"charge (pivot)"}}:::pivot
+    step_reserve --> step_charge
+    step_ship("ship (retriable)"):::retriable
+    step_charge --> step_ship
+    classDef pivot stroke-width:3px
+    classDef retriable stroke-dasharray:4 2"""
+
+
+def test_to_dot_draws_the_pivot_as_a_hexagon_and_retriable_steps_rounded() -> None:
+    assert Checkout.definition.to_dot() == """\
+digraph "tests.graph_render.checkout" {
+    rankdir=TB;
+    "reserve" [shape=box];
+    "release" [shape=ellipse, style=dashed];
+    "reserve" -> "release" [style=dashed, label="undo"];
+    "charge" [shape=hexagon, label="charge (pivot)"];
+    "reserve" -> "charge";
+    "ship" [shape=box, style=rounded, label="ship (retriable)"];
+    "charge" -> "ship";
+}"""
+
+
+def test_the_graph_module_draws_the_same() -> None:
+    from sagadsl import graph
+
+    definition = Checkout.definition
+    assert (graph.to_text(definition), graph.to_mermaid(definition), graph.to_dot(definition)) == (
+        definition.to_text(), definition.to_mermaid(), definition.to_dot())

@@ -9,7 +9,7 @@ reports an ignore that is no longer needed).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Literal
 
 from typing_extensions import assert_type
 
@@ -81,6 +81,45 @@ def check_wrong_calls_are_still_errors(saga: PlaceOrder) -> None:
     saga.reserve(1)  # type: ignore[call-arg]
     saga.charge("not a reservation").close()  # type: ignore[arg-type]
     saga.release()  # type: ignore[call-arg]
+
+
+class Transfer(Saga[Order], name="typing.transfer", locks=("order:{order_id}",)):
+    @step(idempotency_key=lambda saga: f"insert-{saga.saga_id}", transactional=True)
+    def insert(self) -> int:
+        return 1
+
+    @compensates(insert, transactional=True)
+    def delete(self, row: int) -> None:
+        pass
+
+    @step(idempotency_key="charge-{order_id}", pivot=True, after=(insert,))
+    async def charge(self, insert: int) -> str:
+        return str(insert)
+
+
+def check_business_transaction_options(saga: Transfer) -> None:
+    assert_type(saga.insert(), int)
+    assert_type(saga.delete(1), None)
+    saga.charge(1).close()
+    assert_type(Transfer.definition.step("charge").kind, Literal["compensatable", "pivot", "retriable"])
+    assert_type(Transfer.definition.pivot, str | None)
+    assert_type(Transfer.definition.locks, tuple[str, ...])
+    assert_type(Transfer.definition.descendants["insert"], frozenset[str])
+
+
+# Each wrong way to call a decorator is a type error (the overloads), and a
+# SagaDefinitionError with the correct usage at run time.
+def check_wrong_decorator_calls() -> None:
+    step()  # type: ignore[call-overload]
+    step(retry=RetryPolicy())  # type: ignore[call-overload]
+    step(idempotency_key="a-{order_id}", retry=3)  # type: ignore[call-overload]
+    step(idempotency_key=42)  # type: ignore[call-overload]
+    compensates()  # type: ignore[call-overload]
+    compensates(3)  # type: ignore[call-overload]
+
+    def method(self: Any) -> None: ...
+
+    step(method)  # type: ignore[call-overload]
 
 
 def check_engine(engine: SagaEngine) -> None:
