@@ -10,7 +10,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Literal, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -26,6 +26,7 @@ from .errors import (
     UnknownSagaError,
 )
 from .evolution import reconcile
+from .keys import render_locks
 from .events import EventEmitter, SagaEvents
 from .limits import MAX_CLAIMS_WITHOUT_PROGRESS, MAX_RETRY_COUNT, describe_exception
 from .locks import Lock
@@ -81,6 +82,13 @@ def _could_be_stored(saga_id: Any) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _lock_key(key: str, class_name: str) -> str:
+    if len(key) > _MAX_ID_LENGTH:
+        raise IdempotencyRequiredError(f"{class_name}: the lock key {key[:40]!r}... is {len(key)} characters; "
+                                       f"at most {_MAX_ID_LENGTH} are stored: use shorter input fields")
+    return _storable(key, f"{class_name}: lock key")
 
 
 def _storable(value: str, what: str) -> str:
@@ -244,12 +252,13 @@ class SagaEngine:
         saga = saga_cls._bind(decoded, saga_id)
         keys = [_storable(s.render_key(saga), f"{definition.class_name}.{s.name}: step key")
                 for s in definition.steps]
+        locks = tuple(_lock_key(key, definition.class_name) for key in render_locks(definition, saga))
         now = self.clock.now()
         new = NewWorkflow(
             id=saga_id, saga_name=definition.name, input=input_json, idempotency_key=idempotency_key,
             fingerprint=definition.fingerprint,
             steps=tuple(NewStep(s.name, s.position, k) for s, k in zip(definition.steps, keys)),
-            now=now, stuck_after=now + stuck_allowance(definition),
+            now=now, stuck_after=now + stuck_allowance(definition), locks=locks,
         )
         return new, saga
 
@@ -408,8 +417,9 @@ class SagaEngine:
         stuck: bool = False,
         offset: int = 0,
         limit: int = 100,
+        order: Literal["newest", "oldest"] = "newest",
     ) -> QueryResult:
-        """One page of sagas, newest first, and the total that match.
+        """One page of sagas, newest (or oldest) first, and the total that match.
 
         Args:
             status: One status or several.
@@ -422,9 +432,12 @@ class SagaEngine:
                 than their timeouts allow.
             offset: How many matching sagas to skip.
             limit: The most sagas to return.
+            order: ``newest`` or ``oldest`` created first.
         """
         if limit < 0 or offset < 0:
             raise ValueError("offset and limit must be >= 0")
+        if order not in ("newest", "oldest"):
+            raise ValueError(f"order must be 'newest' or 'oldest', not {order!r}")
         statuses: tuple[WorkflowStatus, ...]
         if status is None:
             statuses = ()
@@ -435,7 +448,7 @@ class SagaEngine:
         return self.storage.query(QueryFilter(
             statuses=statuses, saga_name=saga_name, created_after=created_after,
             created_before=created_before, updated_after=updated_after, updated_before=updated_before,
-            stuck_at=self.clock.now() if stuck else None, offset=offset, limit=limit))
+            stuck_at=self.clock.now() if stuck else None, offset=offset, limit=limit, order=order))
 
     def count(self, *statuses: WorkflowStatus | str) -> int:
         """How many sagas have one of ``statuses`` (all sagas if none given)."""

@@ -451,6 +451,35 @@ def test_stats_counts_per_status_with_oldest_pending_stuck_and_dead_letter(db: D
     assert any(line[:4] == ["oldest", "pending", "ship-waiting", "(demo.shipping),"] for line in lines)
 
 
+def test_stats_oldest_pending_is_the_earliest_created_not_the_first_or_last_id(db: Db) -> None:
+    now = datetime.now(timezone.utc)
+    for saga_id, age in (("ship-aaa", timedelta(hours=1)), ("ship-zzz", timedelta(0))):
+        with SagaEngine(SqlStorage(db.url, schema=db.schema), clock=FakeClock(now - age)) as at:
+            at.submit(Shipping, Parcel(saga_id, 100), saga_id=saga_id, idempotency_key=f"k-{saga_id}")
+    result = run(*db.options, "stats")
+    assert result.exit_code == 0, result.stderr
+    oldest = [line.split() for line in result.stdout.splitlines() if line.startswith("oldest pending")]
+    assert [line[:5] for line in oldest] == [
+        ["oldest", "pending", "ship-waiting", "(demo.shipping),", "created"]]
+    assert oldest[0][5].startswith("2h")
+
+
+def test_query_oldest_first_pages_from_the_earliest_created(engine: SagaEngine, clock: FakeClock) -> None:
+    for saga_id in ("ship-m", "ship-z", "ship-a"):  # created in an order that is not the ids' order
+        engine.submit(Shipping, Parcel(saga_id, 100), saga_id=saga_id, idempotency_key=f"k-{saga_id}")
+        clock.advance(60)
+    assert [w.id for w in engine.query(order="oldest").workflows] == ["ship-m", "ship-z", "ship-a"]
+    assert [w.id for w in engine.query().workflows] == ["ship-a", "ship-z", "ship-m"]
+    first = engine.query("pending", order="oldest", limit=1)
+    assert [w.id for w in first.workflows] == ["ship-m"] and first.total == 3
+    assert [w.id for w in engine.query(order="oldest", offset=1, limit=1).workflows] == ["ship-z"]
+
+
+def test_query_rejects_an_unknown_order(engine: SagaEngine) -> None:
+    with pytest.raises(ValueError, match="order must be 'newest' or 'oldest', not 'asc'"):
+        engine.query(order="asc")  # type: ignore[arg-type]
+
+
 def test_stats_json_document(db: Db) -> None:
     doc = json.loads(run(*db.options, "stats", "-o", "json").stdout)
     assert doc["by_status"] == {"pending": 1, "compensating": 0, "completed": 1, "failed": 1,

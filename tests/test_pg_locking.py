@@ -13,7 +13,8 @@ from sqlalchemy import Connection, create_engine, func, select
 
 from sagadsl import Saga, SagaEngine, SagaLockedError, SqlStorage, WorkflowStatus, step
 from sagadsl import migrate as sagadsl_migrate
-from sagadsl.storage.sql import SqlSession, advisory_lock_key
+from sagadsl.storage.claims import AdvisoryClaim
+from sagadsl.storage.sql import advisory_lock_key
 from tests import pg_sagas
 
 pytestmark = pytest.mark.postgres
@@ -253,15 +254,15 @@ def test_a_new_saga_whose_id_another_session_claims_is_refused_and_not_created(
 def test_a_claim_released_between_the_create_and_the_retry_still_creates_the_saga(
         other_session: OtherSession, monkeypatch: pytest.MonkeyPatch) -> None:
     other_session.hold("new-2")
-    try_advisory = SqlSession._try_advisory
+    take = AdvisoryClaim.take
 
-    def released_first(self: SqlSession, conn: Connection) -> bool:
+    def released_first(self: AdvisoryClaim, conn: Connection) -> None:
         # The creating statement found the claim taken; its holder lets go
         # without having created the saga.
         other_session.release("new-2")
-        return try_advisory(self, conn)
+        take(self, conn)
 
-    monkeypatch.setattr(SqlSession, "_try_advisory", released_first)
+    monkeypatch.setattr(AdvisoryClaim, "take", released_first)
     result = other_session.engine.run(Quick, Hold("2"), saga_id="new-2", idempotency_key="k-2")
 
     assert result.results == {"only": "only"}

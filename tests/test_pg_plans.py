@@ -19,7 +19,7 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.dialects import postgresql
 
 from sagadsl.storage import SqlStorage
-from sagadsl.storage.sql import _UPDATE_WORKFLOW, _create_saga_postgresql, _update_workflow_and_step
+from sagadsl.storage.statements import UPDATE_WORKFLOW, create_saga_postgresql, update_workflow_and_step
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def table_scans(plan: str) -> list[tuple[str, str]]:
 
 
 def test_a_step_commit_looks_up_both_rows_by_their_whole_key(conn: Connection) -> None:
-    plan = generic_plan(conn, _update_workflow_and_step(("version", "updated_at", "current_step"),
+    plan = generic_plan(conn, update_workflow_and_step(("version", "updated_at", "current_step"),
                                                         ("status", "result", "finished_at")))
 
     found = table_scans(plan)
@@ -80,7 +80,7 @@ def test_a_step_commit_looks_up_both_rows_by_their_whole_key(conn: Connection) -
 
 
 def test_a_saga_row_update_looks_its_row_up_by_key(conn: Connection) -> None:
-    plan = generic_plan(conn, _UPDATE_WORKFLOW.values(status="completed"))
+    plan = generic_plan(conn, UPDATE_WORKFLOW.values(status="completed"))
 
     ((line, cond),) = table_scans(plan)
     assert "pk_sagadsl_workflows" in line and "(id)" in cond, plan
@@ -91,6 +91,6 @@ def test_creating_a_saga_scans_no_table(conn: Connection, claim: bool) -> None:
     columns = ("id", "saga_name", "status", "input", "idempotency_key", "fingerprint", "retry_count",
                "version", "created_at", "updated_at", "started_at", "stuck_after", "owner",
                "lease_expires_at")
-    plan = generic_plan(conn, _create_saga_postgresql(columns, claim))
+    plan = generic_plan(conn, create_saga_postgresql(columns, claim))
 
     assert table_scans(plan) == [], plan

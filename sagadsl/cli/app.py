@@ -3,6 +3,9 @@
 Every error reaches the operator as one line on stderr, with any password of
 a database URL replaced by ``***``. Exit codes: 0 ok, 1 operational error
 (database unreachable, saga not found, retry refused...), 2 usage error.
+
+Command modules (``inspect``, ``operate``, ``stats``, ``db``...) add their
+commands to :data:`cli` with ``@cli.command``; ``sagadsl.cli`` imports them.
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
+from .. import __version__
 from ..engine import DEFAULT_DATABASE_URL, SagaEngine
 from ..errors import SagaError
+from ..storage.connect import create_engine
 from ..storage.sql import SqlStorage
 from ..urls import mask_url, secrets_in
 
 __all__ = ["DEFAULT_DATABASE_URL", "AdminGroup", "CliError", "RedactingFormatter", "Settings",
-           "database_errors", "redacted", "settings_of"]
+           "cli", "database_errors", "redacted", "settings_of"]
 
 #: Set to 1 to let unexpected exceptions through with their traceback.
 DEBUG_ENV = "SAGADSL_CLI_DEBUG"
@@ -193,14 +197,13 @@ class Settings:
         return self._engine
 
     def _sql_engine(self, url: URL) -> Engine:
-        # A connect timeout, so that an unreachable server fails in seconds
-        # instead of hanging on the operating system's TCP timeout.
-        options: dict[str, Any] = {}
-        if url.get_backend_name() == "postgresql":
-            if "connect_timeout" not in url.query:
-                options["connect_args"] = {"connect_timeout": max(1, round(self.connect_timeout))}
-            options.update(pool_size=4, max_overflow=4)
-        return create_engine(url, **options)
+        # The library's connection settings (psycopg 3 for postgres:// URLs,
+        # TCP keepalives), with a connect timeout from --connect-timeout so
+        # that an unreachable server fails in seconds.
+        connect_args: dict[str, Any] = {}
+        if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+            connect_args["connect_timeout"] = max(1, round(self.connect_timeout))
+        return create_engine(url, pool_size=4, max_overflow=4, connect_args=connect_args)
 
     @contextlib.contextmanager
     def connection(self, *, create: bool = False) -> Iterator[Connection]:
@@ -258,3 +261,32 @@ def database_errors(settings: Settings, *, connecting: bool = False) -> Iterator
         raise CliError(f"cannot use {settings.masked_url}: the driver module {exc.name!r} is not "
                        "installed (pip install 'sagadsl[postgres]' for PostgreSQL)") from None
 
+
+
+@click.group(cls=AdminGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                               "max_content_width": 100})
+@click.option("--database-url", envvar="SAGADSL_DATABASE_URL", default=DEFAULT_DATABASE_URL,
+              show_default=True, metavar="URL",
+              help="Database holding the sagas [env: SAGADSL_DATABASE_URL]; "
+                   "e.g. postgresql+psycopg://app@db/app.")
+@click.option("--schema", envvar="SAGADSL_SCHEMA", default=None, metavar="NAME",
+              help="PostgreSQL schema of sagadsl's tables [env: SAGADSL_SCHEMA]; "
+                   "default: the search path.")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+              envvar="SAGADSL_OUTPUT", show_default=True,
+              help="Tables for people, JSON for scripts [env: SAGADSL_OUTPUT].")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              metavar="SECONDS", help="Give up connecting to PostgreSQL after this long.")
+@click.version_option(__version__, "--version", prog_name="saga-admin")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str, schema: str | None, output: str,
+        connect_timeout: float) -> None:
+    """Operate sagadsl sagas: find stuck and dead-lettered ones, see why, retry them.
+
+    Passwords in database URLs are masked in everything printed. Exit codes:
+    0 ok, 1 operational error, 2 usage error; errors go to stderr as one line.
+    """
+    settings = Settings(database_url=database_url, schema=schema or None, output=output,
+                        connect_timeout=connect_timeout)
+    ctx.obj = settings
+    ctx.call_on_close(settings.close)

@@ -41,7 +41,7 @@ def stuck_allowance(definition: SagaDefinition) -> timedelta:
     """How long an active saga may go without a commit before it counts as stuck."""
     worst = timedelta(0)
     for s in definition.steps:
-        if s.timeout is None or getattr(s, "kind", None) == "retriable":  # retriable: retried until the budget ends
+        if s.timeout is None or s.kind == "retriable":  # retriable: retried until the budget ends
             return MAX_EXECUTION_DURATION + STUCK_GRACE
         waits = sum(s.retry.delay(i) for i in range(1, s.retry.max_attempts))
         worst = max(worst, timedelta(seconds=s.timeout * s.retry.max_attempts + waits))
@@ -333,7 +333,7 @@ class SagaExecutor:
 
         call = Call(getattr(self.saga, s.name), kwargs, s.is_async, self.keys[s.name], where, s.name, Phase.STEP)
         # A step after the pivot is retried until it succeeds (within the budget).
-        policy = UntilItSucceeds(s.retry) if getattr(s, "kind", None) == "retriable" else s.retry
+        policy = UntilItSucceeds(s.retry) if s.kind == "retriable" else s.retry
         return await call_with_retries(call, policy, timeout=s.timeout, budget=self.budget,
                                        runtime=self.runtime, durable=durable)
 
@@ -366,7 +366,7 @@ class SagaExecutor:
         self.results[s.name] = value
         complete = finishing and all(st == StepStatus.COMPLETED for st in self.status.values())
         workflow: dict[str, Any] = {"current_step": s.name}
-        if s.name == getattr(self.definition, "pivot", None):
+        if s.name == self.definition.pivot:
             # The point of no return is passed in the commit of the pivot's
             # completion, so a crash can never see one without the other.
             workflow["past_pivot"] = True
@@ -432,27 +432,11 @@ class SagaExecutor:
 
     # -- backward -----------------------------------------------------------------
 
-    def _descendants(self) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-
-        def walk(name: str) -> set[str]:
-            if name not in out:
-                acc: set[str] = set()
-                for child in self.definition.dependents(name):
-                    acc.add(child)
-                    acc |= walk(child)
-                out[name] = acc
-            return out[name]
-
-        for s in self.definition.steps:
-            walk(s.name)
-        return out
-
     async def _backward(self) -> tuple[str | None, BaseException | None]:
         """Compensate every completed step; return the first compensation error, if any."""
         if self._ended_by_failure:
             return None, None
-        descendants = self._descendants()
+        descendants = self.definition.descendants
         todo = {s.name for s in self.definition.steps
                 if s.compensation is not None
                 and self.status[s.name] in (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED)}

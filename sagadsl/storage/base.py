@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Collection, Protocol, Sequence, runtime_checkable
+from typing import Any, Collection, Literal, Protocol, Sequence, runtime_checkable
 
 from ..records import QueryResult, WorkflowRecord
 from ..status import WorkflowStatus
@@ -83,6 +83,8 @@ class QueryFilter:
     stuck_at: datetime | None = None
     offset: int = 0
     limit: int = 100
+    #: Newest or oldest created first (ties broken by id, the same way).
+    order: Literal["newest", "oldest"] = "newest"
 
 
 @runtime_checkable
@@ -136,7 +138,7 @@ class Storage(Protocol):
         ...
 
     def query(self, flt: QueryFilter) -> QueryResult:
-        """One page of sagas matching ``flt``, newest first, and the total."""
+        """One page of sagas matching ``flt``, in ``flt.order`` of creation, and the total."""
         ...
 
     def count(self, statuses: Sequence[WorkflowStatus]) -> int:

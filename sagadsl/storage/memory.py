@@ -58,7 +58,7 @@ class InMemoryStorage:
     def query(self, flt: QueryFilter) -> QueryResult:
         with self._guard:
             matches = [r for r in self._rows.values() if _matches(r.values, flt)]
-            matches.sort(key=lambda r: (r.values["created_at"], r.values["id"]), reverse=True)
+            matches.sort(key=lambda r: (r.values["created_at"], r.values["id"]), reverse=flt.order == "newest")
             page = matches[flt.offset: flt.offset + flt.limit]
             return QueryResult(workflows=[_record(r) for r in page], total=len(matches))
 

@@ -9,34 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Collection, Iterator, Sequence, TypeVar
 
-from sqlalchemy import (BigInteger, Integer, Text, bindparam, case, delete, exists,
-                        func, insert, literal, literal_column, null, or_, select, text, true, tuple_, update)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import case, delete, func, insert, null, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
-from sqlalchemy.sql import Executable
 
 from ..errors import (
     InvalidStateError,
-    ResourceLockedError,
     RetryCapExceededError,
     SagaLockedError,
     SagaNotFoundError,
     StorageError,
 )
-from ..limits import MAX_EXECUTION_DURATION, truncate_error
-from ..locks import advisory_key, claim_is_free, owner_token
-from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
-from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
+from ..limits import truncate_error
+from ..records import QueryResult, WorkflowRecord
+from ..status import StepStatus, WorkflowStatus
 from ..urls import mask_url
 from .base import Change, LockRecord, NewWorkflow, QueryFilter
-from .connect import configure_sqlite as _configure_sqlite  # noqa: F401  (moved to connect.py)
+from .claims import ADVISORY, LEASE, LEASE_DURATION, ClaimProtocol, advisory_lock_key, locked
 from .connect import connect as _connect
 from .connect import create_engine as _create_engine
 from .connect import read as _read
@@ -45,15 +39,15 @@ from .models import locks as locks_table
 from .models import status_counts as counts_table
 from .models import steps as steps_table
 from .models import workflows as wf_table
+from .rows import conditions, counted, load, only_statuses, record_of, steps_for
 from .schema import check_schema, migrate, validate_schema_name
+from .semantic_locks import insert_locks, take_waiting_locks
+from .statements import (INSERT_STEPS, INSERT_WORKFLOW, RELEASE_LOCKS, UPDATE_STEP, UPDATE_WORKFLOW,
+                         create_saga_postgresql, update_workflow_and_step)
 
-__all__ = ["SqlStorage", "SqlSession", "mask_url", "advisory_lock_key"]
+__all__ = ["SqlStorage", "SqlSession", "mask_url", "advisory_lock_key", "LEASE_DURATION"]
 
 logger = logging.getLogger("sagadsl.storage")
-
-#: An executor's lease on a saga row (where advisory locks do not exist). It is
-#: renewed by every commit, and no step may run longer than the saga's budget.
-LEASE_DURATION = MAX_EXECUTION_DURATION + timedelta(minutes=1)
 
 T = TypeVar("T")
 
@@ -95,7 +89,10 @@ class SqlStorage:
             engine = engine.execution_options(schema_translate_map={None: schema})
         self.engine = engine
         self.dialect = engine.dialect.name
-        self.advisory = self.dialect == "postgresql"
+        #: The claim protocol, chosen once: advisory locks on PostgreSQL, leases elsewhere.
+        self.claims: ClaimProtocol = ADVISORY if self.dialect == "postgresql" else LEASE
+        #: PostgreSQL commits a single statement without BEGIN/COMMIT round trips.
+        self.single_statement_autocommit = self.dialect == "postgresql"
         self.url = mask_url(engine.url)
         if auto_migrate is None:
             auto_migrate = self.dialect == "sqlite"
@@ -128,30 +125,31 @@ class SqlStorage:
     # -- reads --------------------------------------------------------------
 
     def get(self, saga_id: str) -> WorkflowRecord | None:
-        return _read(self.engine, f"reading saga {saga_id!r}", lambda conn: _load(conn, saga_id),
+        return _read(self.engine, f"reading saga {saga_id!r}", lambda conn: load(conn, saga_id),
                      saga_id=saga_id)
 
     def query(self, flt: QueryFilter) -> QueryResult:
-        conditions = _conditions(flt)
-        page = (select(wf_table).where(*conditions)
-                .order_by(wf_table.c.created_at.desc(), wf_table.c.id.desc())
+        where = conditions(flt)
+        page = (select(wf_table).where(*where)
+                .order_by(*((wf_table.c.created_at.asc(), wf_table.c.id.asc()) if flt.order == "oldest"
+                            else (wf_table.c.created_at.desc(), wf_table.c.id.desc())))
                 .offset(flt.offset).limit(flt.limit))
-        if _only_statuses(flt):
+        if only_statuses(flt):
             # The trigger-kept counts answer at any table size.
-            total = _counted(flt.statuses)
+            total = counted(flt.statuses)
         else:
-            total = select(func.count()).select_from(wf_table).where(*conditions)
+            total = select(func.count()).select_from(wf_table).where(*where)
         def fetch(conn: Connection) -> tuple[Sequence[Any], int, dict[str, list[Any]]]:
             rows = conn.execute(page).mappings().all()
             count = int(conn.execute(total).scalar_one())
-            return rows, count, _steps_for(conn, [r["id"] for r in rows])
+            return rows, count, steps_for(conn, [r["id"] for r in rows])
 
         rows, count, step_rows = _read(self.engine, "querying sagas", fetch)
-        return QueryResult(workflows=[_record(r, step_rows.get(r["id"], [])) for r in rows], total=count)
+        return QueryResult(workflows=[record_of(r, step_rows.get(r["id"], [])) for r in rows], total=count)
 
     def count(self, statuses: Sequence[WorkflowStatus]) -> int:
         return _read(self.engine, "counting sagas",
-                     lambda conn: int(conn.execute(_counted(statuses)).scalar_one()))
+                     lambda conn: int(conn.execute(counted(statuses)).scalar_one()))
 
     def count_by_status(self) -> dict[WorkflowStatus, int]:
         stmt = (select(counts_table.c.status, func.sum(counts_table.c.n))
@@ -173,37 +171,8 @@ class SqlStorage:
         return advisory_lock_key(saga_id, self.schema)
 
     def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
-        active = wf_table.c.status.in_([s.value for s in ACTIVE_STATUSES])
-        if self.advisory:
-            # Held claims are left out in SQL, so however many older sagas
-            # live executors hold, the page holds sagas a worker can take.
-            stmt = (select(wf_table.c.id)
-                    .where(active, or_(wf_table.c.lock_key.is_(None),
-                                       wf_table.c.lock_key.not_in(select(_HELD_ADVISORY_KEYS.c.key))))
-                    .order_by(wf_table.c.updated_at).limit(limit))
-            if exclude:
-                stmt = stmt.where(wf_table.c.id.not_in(list(exclude)))
-            with self.engine.connect() as conn:
-                return list(conn.execute(stmt).scalars())
-        # A lease's owner on this host is checked for liveness in Python, so
-        # page through the active sagas until enough free ones are found.
-        free: list[str] = []
-        after: tuple[datetime, str] | None = None
-        with self.engine.connect() as conn:
-            while len(free) < limit:
-                stmt = (select(wf_table.c.id, wf_table.c.owner, wf_table.c.lease_expires_at,
-                               wf_table.c.updated_at)
-                        .where(active).order_by(wf_table.c.updated_at, wf_table.c.id).limit(_RECOVERY_PAGE))
-                if exclude:
-                    stmt = stmt.where(wf_table.c.id.not_in(list(exclude)))
-                if after is not None:
-                    stmt = stmt.where(tuple_(wf_table.c.updated_at, wf_table.c.id) > tuple_(*after))
-                rows = conn.execute(stmt).all()
-                free.extend(r.id for r in rows if claim_is_free(r.owner, r.lease_expires_at, now))
-                if len(rows) < _RECOVERY_PAGE:
-                    break
-                after = (rows[-1].updated_at, rows[-1].id)
-        return free[:limit]
+        return _read(self.engine, "looking for recoverable sagas",
+                     lambda conn: self.claims.recoverable(conn, now, limit, exclude))
 
     # -- operator actions ---------------------------------------------------
 
@@ -248,255 +217,6 @@ def _explain_refused_retry(saga_id: str, row: Any, max_retries: int) -> None:
 
 
 
-# Hot-path statements are built once: re-executing the same statement object
-# reuses its memoized cache key and SQLAlchemy's compiled form, where building
-# it per write cost more CPU than the database round trip. UPDATEs take their
-# SET columns from each execution's parameters; the WHERE bind names are
-# prefixed so they cannot collide with column names.
-_UPDATE_WORKFLOW = update(wf_table).where(wf_table.c.id == bindparam("w_id"),
-                                          wf_table.c.version == bindparam("w_expected"))
-_UPDATE_STEP = update(steps_table).where(steps_table.c.workflow_id == bindparam("s_workflow_id"),
-                                         steps_table.c.name == bindparam("s_name"))
-_INSERT_STEPS = insert(steps_table)
-_TRY_ADVISORY_LOCK = select(func.pg_try_advisory_lock(bindparam("key", type_=BigInteger)))
-# The pinned connection drove this one saga: releasing every session lock it
-# holds also undoes a lock taken twice, which pg_advisory_unlock would not.
-_ADVISORY_UNLOCK = select(func.pg_advisory_unlock_all())
-# Taking over an active saga counts as a claim until the executor commits
-# progress; bumping the version fences off any executor that held it before.
-_COUNT_CLAIM = (update(wf_table)
-                .where(wf_table.c.id == bindparam("w_id"),
-                       wf_table.c.status.in_([s.value for s in ACTIVE_STATUSES]))
-                .values(claims=wf_table.c.claims + 1, version=wf_table.c.version + 1))
-
-
-@functools.lru_cache(maxsize=64)
-def _update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: tuple[str, ...]) -> Executable:
-    """One PostgreSQL statement that updates the saga row and one of its step rows.
-
-    The saga row's UPDATE is a data-modifying CTE fenced by ``version``; the
-    step row is updated only if that CTE returned the row, so the statement's
-    rowcount is 1 only if the fence held. One round trip instead of two per
-    step commit.
-
-    The step row is found by its whole primary key from the parameters, not
-    by joining to the CTE's output: a prepared statement's generic plan for
-    the join searched the key's second column alone, a scan that grew with
-    the table.
-    """
-    fenced = (update(wf_table)
-              .where(wf_table.c.id == bindparam("w_id"), wf_table.c.version == bindparam("w_expected"))
-              .values({c: bindparam(f"w_{c}", type_=wf_table.c[c].type) for c in workflow_columns})
-              .returning(wf_table.c.id)
-              .cte("fenced"))
-    return (update(steps_table)
-            .where(steps_table.c.workflow_id == bindparam("w_id"), steps_table.c.name == bindparam("s_name"),
-                   exists(select(fenced.c.id)))
-            .values({c: bindparam(f"s_{c}", type_=steps_table.c[c].type) for c in step_columns}))
-
-
-@functools.lru_cache(maxsize=8)
-def _create_saga_postgresql(workflow_columns: tuple[str, ...], claim: bool) -> Executable:
-    """One PostgreSQL statement that inserts a saga row and its pending step rows.
-
-    The saga row's INSERT ... ON CONFLICT DO NOTHING is a CTE; the step rows
-    (passed as arrays) are inserted only for the row it returned, so the
-    statement returns rows if the saga was created and none if its id
-    already existed. One round trip for the saga's first commit.
-
-    With ``claim`` the statement also takes the saga's session advisory lock
-    (parameter ``key``) and inserts only if it got it: no rows then means the
-    id exists or another session holds the claim. A CTE calling a volatile
-    function is evaluated once, before the INSERT that reads it.
-    """
-    values = [bindparam(f"w_{c}", type_=wf_table.c[c].type) for c in workflow_columns]
-    insert_saga = postgresql.insert(wf_table)
-    if claim:
-        lock = func.pg_try_advisory_lock(bindparam("key", type_=BigInteger))
-        claimed = select(lock.label("held")).cte("claim")
-        insert_saga = insert_saga.from_select(list(workflow_columns), select(*values).where(claimed.c.held))
-    else:
-        insert_saga = insert_saga.values(dict(zip(workflow_columns, values)))
-    created = (insert_saga
-               .on_conflict_do_nothing(index_elements=["id"])
-               .returning(wf_table.c.id)
-               .cte("created"))
-    new_steps = func.unnest(bindparam("names", type_=postgresql.ARRAY(Text)),
-                            bindparam("positions", type_=postgresql.ARRAY(Integer)),
-                            bindparam("keys", type_=postgresql.ARRAY(Text))
-                            ).table_valued("name", "position", "idempotency_key").render_derived("new_steps")
-    rows = (select(created.c.id, new_steps.c.name, new_steps.c.position, new_steps.c.idempotency_key,
-                   literal(StepStatus.PENDING.value), literal(0))
-            .select_from(created.join(new_steps, true())))
-    return (insert(steps_table)
-            .from_select(["workflow_id", "name", "position", "idempotency_key", "status", "attempts"], rows)
-            .returning(steps_table.c.workflow_id))
-
-
-_INSERT_WORKFLOW = {
-    dialect: make(wf_table).on_conflict_do_nothing(index_elements=["id"]).returning(wf_table.c.id)
-    for dialect, make in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
-}
-
-
-def _conditions(flt: QueryFilter) -> list[Any]:
-    c = wf_table.c
-    conditions: list[Any] = []
-    if flt.statuses:
-        conditions.append(c.status.in_([s.value for s in flt.statuses]))
-    if flt.saga_name:
-        conditions.append(c.saga_name == flt.saga_name)
-    if flt.created_after:
-        conditions.append(c.created_at >= flt.created_after)
-    if flt.created_before:
-        conditions.append(c.created_at < flt.created_before)
-    if flt.updated_after:
-        conditions.append(c.updated_at >= flt.updated_after)
-    if flt.updated_before:
-        conditions.append(c.updated_at < flt.updated_before)
-    if flt.stuck_at:
-        conditions.append(c.status.in_([s.value for s in ACTIVE_STATUSES]))
-        conditions.append(c.stuck_after < flt.stuck_at)
-    return conditions
-
-
-def _only_statuses(flt: QueryFilter) -> bool:
-    """Whether a filter selects by status alone (or not at all)."""
-    return not (flt.saga_name or flt.created_after or flt.created_before or flt.updated_after
-                or flt.updated_before or flt.stuck_at)
-
-
-def _counted(statuses: Sequence[WorkflowStatus]) -> Any:
-    """How many sagas have one of ``statuses`` (all if empty), from the kept counts."""
-    stmt = select(func.coalesce(func.sum(counts_table.c.n), 0))
-    if statuses:
-        stmt = stmt.where(counts_table.c.status.in_([s.value for s in statuses]))
-    return stmt
-
-
-def _steps_for(conn: Connection, ids: list[str]) -> dict[str, list[Any]]:
-    if not ids:
-        return {}
-    out: dict[str, list[Any]] = {}
-    rows = conn.execute(select(steps_table).where(steps_table.c.workflow_id.in_(ids))
-                        .order_by(steps_table.c.workflow_id, steps_table.c.position)).mappings()
-    for row in rows:
-        out.setdefault(row["workflow_id"], []).append(row)
-    return out
-
-
-def _record(row: Any, step_rows: list[Any]) -> WorkflowRecord:
-    error = None
-    if row["error"] is not None or row["compensation_error"] is not None:
-        error = ErrorInfo(step_name=row["error_step"], error=row["error"],
-                          compensation_error=row["compensation_error"], timestamp=row["error_at"],
-                          traceback=row["error_traceback"],
-                          compensation_traceback=row["compensation_traceback"])
-    return WorkflowRecord(
-        id=row["id"], saga_name=row["saga_name"], status=WorkflowStatus(row["status"]),
-        input=row["input"], idempotency_key=row["idempotency_key"], fingerprint=row["fingerprint"],
-        steps=tuple(
-            StepRecord(name=s["name"], position=s["position"], idempotency_key=s["idempotency_key"],
-                       status=StepStatus(s["status"]), result=s["result"], attempts=s["attempts"],
-                       started_at=s["started_at"], finished_at=s["finished_at"], error=s["error"],
-                       compensation_error=s["compensation_error"], compensated_at=s["compensated_at"])
-            for s in step_rows
-        ),
-        retry_count=row["retry_count"], error=error, created_at=row["created_at"],
-        updated_at=row["updated_at"], started_at=row["started_at"], current_step=row["current_step"],
-        stuck_after=row["stuck_after"], claims=row["claims"], past_pivot=bool(row["past_pivot"]),
-        locks=tuple(row["locks"] or ()),
-    )
-
-
-def _load(conn: Connection, saga_id: str) -> WorkflowRecord | None:
-    row = conn.execute(select(wf_table).where(wf_table.c.id == saga_id)).mappings().first()
-    if row is None:
-        return None
-    step_rows = conn.execute(select(steps_table).where(steps_table.c.workflow_id == saga_id)
-                             .order_by(steps_table.c.position)).mappings().all()
-    return _record(row, list(step_rows))
-
-
-def advisory_lock_key(saga_id: str, schema: str | None) -> int:
-    """The advisory lock key of ``saga_id`` in ``schema``.
-
-    Advisory locks are per database, so sagas with the same id in two schemas
-    of one database (tenants, test runs) must not claim the same key.
-    """
-    return advisory_key(f"{schema}.{saga_id}" if schema else saga_id)
-
-
-#: Advisory lock keys some session holds in this database now. A bigint key is
-#: split into two oids in pg_locks; shifting the high half back rebuilds the
-#: signed key. Locks in other databases of the same server are not claims here.
-_HELD_ADVISORY_KEYS = (
-    select(literal_column("(classid::bigint << 32) | objid::bigint", BigInteger).label("key"))
-    .select_from(text("pg_catalog.pg_locks"))
-    .where(text("locktype = 'advisory' AND objsubid = 1 AND granted "
-                "AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())"))
-    .subquery("held")
-)
-_RECOVERY_PAGE = 500
-
-
-_RELEASE_LOCKS = delete(locks_table).where(locks_table.c.workflow_id == bindparam("w_id"))
-
-
-def _insert_locks(conn: Connection, new: NewWorkflow, *, held: bool) -> None:
-    """Write the new saga's lock rows: held by a saga that runs now, queued for a submitted one.
-
-    A saga that runs now needs every key free of holders; sagas waiting in
-    the queue hold none of their keys.
-    """
-    if held:
-        taken = conn.execute(select(locks_table.c.key, locks_table.c.workflow_id)
-                             .where(locks_table.c.key.in_(new.locks), locks_table.c.held.is_(True))).first()
-        if taken is not None:
-            raise _resource_locked(new.id, new.saga_name, taken.key, taken.workflow_id)
-    # The unique index over held keys is what makes two holders impossible;
-    # the check above only names the holder. The caller's transaction rolls
-    # back on the error, so nothing of the saga is written.
-    try:
-        conn.execute(insert(locks_table), [dict(key=key, workflow_id=new.id, held=held,
-                                                requested_at=new.now) for key in new.locks])
-    except IntegrityError as exc:  # a concurrent saga took a key in between
-        raise _resource_locked(new.id, new.saga_name, None, None) from exc
-
-
-def _take_waiting_locks(conn: Connection, saga_id: str, saga_name: str) -> None:
-    """Take all of a queued saga's keys at once, or raise ResourceLockedError and take none.
-
-    A key is free for this saga when nobody holds it and no saga queued
-    before it waits for it: sagas start in submission order per key.
-    """
-    mine = locks_table.alias("mine")
-    other = locks_table.alias("other")
-    blocking = conn.execute(
-        select(mine.c.key, other.c.workflow_id)
-        .join(other, (other.c.key == mine.c.key) & (other.c.workflow_id != mine.c.workflow_id))
-        .where(mine.c.workflow_id == saga_id, mine.c.held.is_(False),
-               other.c.held.is_(True) | (tuple_(other.c.requested_at, other.c.workflow_id)
-                                         < tuple_(mine.c.requested_at, mine.c.workflow_id)))
-        .order_by(other.c.held.desc())).first()
-    if blocking is not None:
-        raise _resource_locked(saga_id, saga_name, blocking.key, blocking.workflow_id, waiting=True)
-    try:
-        conn.execute(update(locks_table).where(locks_table.c.workflow_id == saga_id,
-                                               locks_table.c.held.is_(False)).values(held=True))
-    except IntegrityError as exc:
-        raise _resource_locked(saga_id, saga_name, None, None, waiting=True) from exc
-
-
-def _resource_locked(saga_id: str, saga_name: str, key: str | None, holder: str | None, *,
-                     waiting: bool = False) -> ResourceLockedError:
-    what = f"lock key {key!r} is held by saga {holder!r}" if key else "one of its lock keys was just taken"
-    then = ("it waits in pending and a worker starts it when its keys are free" if waiting else
-            "nothing was written; wait for that saga to finish, or submit() to queue this one")
-    return ResourceLockedError(f"saga {saga_id!r} ({saga_name}) cannot start: {what}; {then}",
-                               saga_id=saga_id, key=key, holder=holder)
-
-
 def _cleared_engine_failure() -> dict[str, Any]:
     """A retry's values that clear the error block of a saga the engine parked.
 
@@ -529,21 +249,21 @@ def _is_disconnect(exc: BaseException) -> bool:
 
 
 class SqlSession:
-    """One running saga's pinned connection, claim and version fence."""
+    """One running saga's pinned connection, claim and version fence.
+
+    The claim protocol is the storage's (:mod:`sagadsl.storage.claims`); the
+    session only decides when to take, renew and release it.
+    """
 
     def __init__(self, storage: SqlStorage, saga_id: str) -> None:
         self._storage = storage
         self._saga_id = saga_id
         self._conn: Connection | None = None
-        self._token = owner_token()
-        self._advisory_held = False
-        self._lease_held = False
+        self._claim = storage.claims.for_session(saga_id, storage.schema)
         self._autocommit = False
         self._version = 0
-        self._insert_workflow = _INSERT_WORKFLOW.get(storage.dialect)
         #: The saga holds (or waits for) semantic locks, released by its terminal commit.
         self._has_locks = False
-        self._lock_key = storage.lock_key(saga_id)
 
     # -- connection ---------------------------------------------------------
 
@@ -565,7 +285,7 @@ class SqlSession:
         (one round trip per commit instead of three). A transaction of
         several statements gets BEGIN and COMMIT as usual.
         """
-        autocommit = one_statement and self._storage.advisory
+        autocommit = one_statement and self._storage.single_statement_autocommit
         if autocommit != self._autocommit:
             # Only the client's mode changes (psycopg sends nothing); the pool
             # restores the default isolation level when the connection returns.
@@ -574,16 +294,6 @@ class SqlSession:
         with conn.begin():
             yield
 
-    def _try_advisory(self, conn: Connection) -> bool:
-        got = conn.execute(_TRY_ADVISORY_LOCK, {"key": self._lock_key}).scalar_one()
-        return bool(got)
-
-    def _locked(self, holder: str | None = None) -> SagaLockedError:
-        who = f" ({holder})" if holder else ""
-        return SagaLockedError(
-            f"saga {self._saga_id!r} is being run by another live executor{who}; wait for it to "
-            "finish, or let a worker resume it if that executor dies", saga_id=self._saga_id)
-
     # -- protocol -----------------------------------------------------------
 
     def begin(self, new: NewWorkflow | None, *, saga_id: str, claim: bool,
@@ -591,103 +301,76 @@ class SqlSession:
         conn = self._connection()
         if new is not None:
             self._has_locks = bool(new.locks)
-        if self._storage.advisory:
-            # A saga with semantic locks is created in a transaction of several
-            # statements: a key that is taken must undo the whole creation.
-            if new is not None and new.steps and not new.locks:
-                if claim:
-                    # A session lock outlives a failed statement: from here on
-                    # close() releases whatever this session may hold.
-                    self._advisory_held = True
+            # One statement creates the saga (and takes the claim, where the
+            # protocol allows); a saga with semantic locks needs several, as a
+            # key that is taken must undo the whole creation.
+            if new.steps and not new.locks and self._storage.dialect == "postgresql":
                 with self._transaction(conn, one_statement=True):
-                    created = self._insert_new(conn, new, claim)
+                    created = self._insert_new(conn, new, claim, one_statement=True)
                 if created:
+                    self._claim.created(claim)
                     self._version = 0
                     return None
                 # It exists, or another session held the claim (and may have
                 # let it go without creating it): claim, then insert or load.
-            if claim:
-                with self._transaction(conn, one_statement=True):
-                    if not self._try_advisory(conn):
-                        raise self._locked()
-                self._advisory_held = True
+        if claim:
+            with self._transaction(conn, one_statement=True):
+                self._claim.take(conn)
         with self._transaction(conn):
             if new is not None and self._insert_new(conn, new, claim):
                 if new.locks:
-                    _insert_locks(conn, new, held=claim and new.started)
-                self._lease_held = claim and not self._storage.advisory
+                    insert_locks(conn, new, held=claim and new.started)
+                self._claim.created(claim)
                 self._version = 0
                 return None
-            record = _load(conn, saga_id)
+            record = load(conn, saga_id)
             if record is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
             self._has_locks = bool(record.locks)
             if claim and not record.status.is_terminal:
                 if record.locks:
-                    _take_waiting_locks(conn, saga_id, record.saga_name)
-                if self._storage.advisory:
-                    conn.execute(_COUNT_CLAIM, {"w_id": saga_id})
-                else:
-                    self._claim_lease(conn, now)
+                    take_waiting_locks(conn, saga_id, record.saga_name)
+                self._claim.count(conn, now)
                 record = dataclasses.replace(record, claims=record.claims + 1)
             self._version = int(conn.execute(select(wf_table.c.version)
                                               .where(wf_table.c.id == saga_id)).scalar_one())
             return record
 
-    def _insert_new(self, conn: Connection, new: NewWorkflow, claim: bool) -> bool:
-        lease = claim and not self._storage.advisory
+    def _insert_new(self, conn: Connection, new: NewWorkflow, claim: bool, *, one_statement: bool = False) -> bool:
         values = dict(
             id=new.id, saga_name=new.saga_name, status=WorkflowStatus.PENDING.value, input=new.input,
             idempotency_key=new.idempotency_key, fingerprint=new.fingerprint, retry_count=0,
             version=0, created_at=new.now, updated_at=new.now, started_at=new.now if new.started else None,
-            stuck_after=new.stuck_after, owner=self._token if lease else None,
-            lease_expires_at=new.now + LEASE_DURATION if lease else None,
+            stuck_after=new.stuck_after,
             # The creating executor is the saga's first claim when it runs it.
             claims=1 if claim else 0,
-            lock_key=self._lock_key if self._storage.advisory else None,
             locks=list(new.locks) if new.locks else None,
+            **self._claim.creation_values(claim, new.now),
         )
-        if self._storage.dialect == "postgresql" and new.steps:
+        if one_statement:
             params: dict[str, Any] = {f"w_{c}": v for c, v in values.items()}
             params.update(names=[s.name for s in new.steps], positions=[s.position for s in new.steps],
                           keys=[s.idempotency_key for s in new.steps])
-            claim_too = claim and self._storage.advisory
+            claim_too = claim and self._claim.claims_in_create
             if claim_too:
-                params["key"] = self._lock_key
-            stmt = _create_saga_postgresql(tuple(values), claim_too)
+                params["key"] = values["lock_key"]
+            stmt = create_saga_postgresql(tuple(values), claim_too)
             return conn.execute(stmt, params).first() is not None
-        if self._insert_workflow is not None:
-            if conn.execute(self._insert_workflow, values).scalar_one_or_none() is None:
+        insert_workflow = INSERT_WORKFLOW.get(self._storage.dialect)
+        if insert_workflow is not None:
+            if conn.execute(insert_workflow, values).scalar_one_or_none() is None:
                 return False
         else:  # a dialect without ON CONFLICT: read first
             if conn.execute(select(wf_table.c.id).where(wf_table.c.id == new.id)).first():
                 return False
             conn.execute(insert(wf_table), values)
         if new.steps:
-            conn.execute(_INSERT_STEPS, [
+            conn.execute(INSERT_STEPS, [
                 dict(workflow_id=new.id, name=s.name, position=s.position, idempotency_key=s.idempotency_key,
                      status=StepStatus.PENDING.value, attempts=0)
                 for s in new.steps
             ])
         return True
-
-    def _claim_lease(self, conn: Connection, now: datetime) -> None:
-        row = conn.execute(select(wf_table.c.owner, wf_table.c.lease_expires_at, wf_table.c.status,
-                                  wf_table.c.version)
-                           .where(wf_table.c.id == self._saga_id)).first()
-        if row is None or WorkflowStatus(row.status).is_terminal:
-            return
-        owner, expires = row.owner, row.lease_expires_at
-        free = claim_is_free(owner, expires, now)
-        if not free:
-            raise self._locked(f"owner {owner}, lease until {expires.isoformat() if expires else '?'}")
-        if owner is not None:
-            logger.warning("taking over saga %s from dead or expired executor %s", self._saga_id, owner,
-                           extra={"saga_id": self._saga_id})
-        conn.execute(update(wf_table).where(wf_table.c.id == self._saga_id, wf_table.c.version == row.version)
-                     .values(owner=self._token, lease_expires_at=now + LEASE_DURATION,
-                             version=row.version + 1, claims=wf_table.c.claims + 1))
-        self._lease_held = True
 
     def write(self, change: Change) -> None:
         expected = self._version
@@ -721,13 +404,11 @@ class SqlSession:
             if not replay:
                 logger.warning("connection lost while saving saga %s; reconnecting", self._saga_id,
                                extra={"saga_id": self._saga_id})
-            self._advisory_held = False
+            self._claim.forget()
             replay = True
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
         self._version = expected + 1
-        if change.workflow.get("status") in _TERMINAL_VALUES:
-            self._lease_held = False  # cleared by the final write itself
 
     def _write_failed(self, exc: Exception) -> StorageError:
         orig = getattr(exc, "orig", None) or exc
@@ -743,27 +424,19 @@ class SqlSession:
     def _landed(self, conn: Connection, expected: int) -> bool:
         """After a reconnect: re-claim, then tell whether the lost commit landed."""
         with self._transaction(conn):
-            if self._storage.advisory:
-                if not self._try_advisory(conn):
-                    raise self._locked("it was taken over while this executor was disconnected")
-                self._advisory_held = True
+            self._claim.after_reconnect(conn)
             version = conn.execute(select(wf_table.c.version).where(wf_table.c.id == self._saga_id)).scalar()
         if version == expected + 1:
             return True
         if version != expected:
-            raise self._locked("it changed while this executor was disconnected")
+            raise locked(self._saga_id, "it changed while this executor was disconnected")
         return False
 
     def _write_once(self, conn: Connection, change: Change, expected: int) -> None:
         values = dict(change.workflow, version=expected + 1)
-        if self._lease_held:
-            if values.get("status") in _TERMINAL_VALUES:
-                values["owner"] = None
-                values["lease_expires_at"] = None
-            else:
-                values["lease_expires_at"] = values["updated_at"] + LEASE_DURATION
+        self._claim.write_values(values)
         release = self._has_locks and values.get("status") in _RELEASING_VALUES
-        if self._storage.dialect == "postgresql" and len(change.steps) <= 1 and not (
+        if self._storage.single_statement_autocommit and len(change.steps) <= 1 and not (
                 change.new_steps or change.removed_steps or release):
             # The common commits: one step and the saga row, or the saga row alone.
             with self._transaction(conn, one_statement=True):
@@ -772,11 +445,11 @@ class SqlSession:
         with self._transaction(conn):
             self._update_workflow(conn, values, expected)
             if release:
-                conn.execute(_RELEASE_LOCKS, {"w_id": self._saga_id})
+                conn.execute(RELEASE_LOCKS, {"w_id": self._saga_id})
             for name, step_values in change.steps.items():
-                conn.execute(_UPDATE_STEP, dict(step_values, s_workflow_id=self._saga_id, s_name=name))
+                conn.execute(UPDATE_STEP, dict(step_values, s_workflow_id=self._saga_id, s_name=name))
             if change.new_steps:
-                conn.execute(_INSERT_STEPS, [
+                conn.execute(INSERT_STEPS, [
                     dict(workflow_id=self._saga_id, name=s.name, position=s.position,
                          idempotency_key=s.idempotency_key, status=StepStatus.PENDING.value, attempts=0)
                     for s in change.new_steps
@@ -796,14 +469,14 @@ class SqlSession:
         params = {f"w_{c}": v for c, v in values.items()}
         params.update({f"s_{c}": v for c, v in step_values.items()})
         params.update(w_id=self._saga_id, w_expected=expected, s_name=name)
-        stmt = _update_workflow_and_step(tuple(values), tuple(step_values))
+        stmt = update_workflow_and_step(tuple(values), tuple(step_values))
         if conn.execute(stmt, params).rowcount != 1:
-            raise self._locked("its stored state moved on; this executor stops")
+            raise locked(self._saga_id, "its stored state moved on; this executor stops")
 
     def _update_workflow(self, conn: Connection, values: dict[str, Any], expected: int) -> None:
-        result = conn.execute(_UPDATE_WORKFLOW, dict(values, w_id=self._saga_id, w_expected=expected))
+        result = conn.execute(UPDATE_WORKFLOW, dict(values, w_id=self._saga_id, w_expected=expected))
         if result.rowcount != 1:
-            raise self._locked("its stored state moved on; this executor stops")
+            raise locked(self._saga_id, "its stored state moved on; this executor stops")
 
     def close(self) -> None:
         conn = self._conn
@@ -811,28 +484,19 @@ class SqlSession:
         if conn is None:
             return
         try:
-            if self._lease_held and not conn.invalidated:
-                with conn.begin():
-                    conn.execute(update(wf_table)
-                                 .where(wf_table.c.id == self._saga_id, wf_table.c.owner == self._token)
-                                 .values(owner=None, lease_expires_at=None))
-            if self._advisory_held and not conn.invalidated:
-                # A session lock is not transactional: release it outside any
-                # transaction, in one round trip.
+            if self._claim.held and not conn.invalidated:
                 if conn.in_transaction():
                     conn.rollback()
                 with self._transaction(conn, one_statement=True):
-                    conn.execute(_ADVISORY_UNLOCK)
+                    self._claim.release(conn)
         except DBAPIError:
             # The claim dies with the connection: invalidate it rather than pool it.
             conn.invalidate()
         finally:
-            self._lease_held = False
-            self._advisory_held = False
+            self._claim.forget()
             conn.close()
 
 
-_TERMINAL_VALUES = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
 #: Terminal statuses that release a saga's semantic locks; dead letter keeps
 #: them, as the resource is in an unknown state until a person resolves it.
 _RELEASING_VALUES = frozenset(s.value for s in WorkflowStatus
