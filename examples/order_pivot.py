@@ -29,7 +29,6 @@ class Order:
 carrier_failures = {"o-1": 2}
 
 
-# --8<-- [start:PlaceOrder]
 class PlaceOrder(Saga[Order], name="examples.order_pivot"):
     @step(idempotency_key="reserve-{order_id}")
     def reserve(self) -> str:
@@ -57,7 +56,6 @@ class PlaceOrder(Saga[Order], name="examples.order_pivot"):
             raise ConnectionError("carrier unreachable")
         print(f"   ship: label printed on attempt {self.attempt}")
         return f"ship-{self.input.order_id}"
-# --8<-- [end:PlaceOrder]
 
 
 def main() -> None:

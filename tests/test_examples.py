@@ -20,7 +20,8 @@ def run_example(name: str, cwd: Path, *args: str) -> str:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"quickstart.py", "order_parallel.py", "service.py", "dead_letter.py"}
+    tested = {"quickstart.py", "order_parallel.py", "service.py", "dead_letter.py", "order_pivot.py",
+              "transfer.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -76,7 +77,23 @@ def test_dead_letter_walkthrough_ends_with_everything_undone(tmp_path: Path) -> 
     assert out.endswith("   status: failed; steps: book_flight compensated, book_hotel failed\n")
 
 
-@pytest.mark.parametrize("name", ["quickstart.py", "order_parallel.py", "service.py", "dead_letter.py"])
+def test_order_pivot_retries_the_shipment_after_the_charge_and_compensates_before_it(tmp_path: Path) -> None:
+    out = run_example("order_pivot.py", tmp_path)
+    assert "   ship: label printed on attempt 3" in out
+    assert "=> completed, past the pivot: True, shipment ship-o-1" in out
+    assert "   release: res-o-2 released" in out and "release: res-o-1" not in out
+    assert out.endswith("   step kinds: reserve compensatable, charge pivot, ship retriable\n")
+
+
+def test_transfer_refuses_then_queues_a_transfer_on_a_held_account(tmp_path: Path) -> None:
+    out = run_example("transfer.py", tmp_path)
+    assert "=> t-2 refused: RESOURCE_LOCKED, key 'account:B' held by 't-1'; stored: False" in out
+    assert "   account:B: t-2 waits" in out
+    assert out.endswith("=> both completed; balances {'A': 40, 'B': 50, 'C': 10}; locks held: 0\n")
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "order_parallel.py", "service.py", "dead_letter.py",
+                                  "order_pivot.py", "transfer.py"])
 def test_examples_have_a_docstring_saying_how_to_run_them(name: str) -> None:
     source = (EXAMPLES / name).read_text()
     assert source.startswith('"""') and f"python examples/{name}" in source
