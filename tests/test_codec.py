@@ -425,12 +425,23 @@ def test_keys_that_would_collide_in_json_are_refused() -> None:
                                "give the dict keys of one type")
 
 
-def test_an_int_too_long_for_the_json_reader_is_refused() -> None:
+@pytest.mark.parametrize("n", [2**63, -(2**63) - 1, 10**5000], ids=["2**63", "-2**63-1", "10**5000"])
+def test_an_int_beyond_64_bits_is_refused_on_every_backend(n: int) -> None:
     with pytest.raises(SerializationError) as info:
-        to_json({"n": 10**5000})
+        to_json({"n": n})
 
-    assert str(info.value).startswith("value['n'] is an int of about 5000 digits, more than Python's JSON "
-                                      "reader accepts")
+    assert str(info.value).startswith(f"value['n'] is an int of {n.bit_length()} bits, beyond the 64-bit "
+                                      "range every backend stores exactly; store it as a str or Decimal")
+
+
+@pytest.mark.parametrize("n", [2**63 - 1, -(2**63)])
+def test_the_64_bit_bounds_are_stored(n: int) -> None:
+    assert from_json(to_json(n), int) == n
+
+
+def test_negative_zero_is_stored_as_zero_as_every_database_reads_it_back() -> None:
+    stored = to_json(-0.0)
+    assert stored == 0.0 and str(stored) == "0.0"
 
 
 def test_a_list_that_contains_itself_is_refused() -> None:

@@ -84,10 +84,12 @@ class Case:
 
 #: Text any backend stores: no NUL, no lone surrogates (refused; tested below).
 TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"))
+#: Every backend stores 64-bit ints exactly; wider ones are refused.
+INTS = st.integers(-(2**63), 2**63 - 1)
 
 
 def _json_values() -> st.SearchStrategy[Any]:
-    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | TEXT
+    scalars = st.none() | st.booleans() | INTS | st.floats(allow_nan=False, allow_infinity=False) | TEXT
     return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
                         | st.dictionaries(TEXT, inner, max_size=3), max_leaves=6)
 
@@ -98,7 +100,7 @@ _ZONES = st.none() | _OFFSETS.map(dt.timezone)
 LEAVES = [
     Case(type(None), st.none(), hashable=True),
     Case(bool, st.booleans(), hashable=True),
-    Case(int, st.integers(), hashable=True, key=True),
+    Case(int, INTS, hashable=True, key=True),
     Case(float, st.floats(allow_nan=False, allow_infinity=False), hashable=True),
     Case(str, TEXT, hashable=True, key=True),
     Case(Decimal, st.decimals(allow_nan=False, allow_infinity=False)
@@ -116,7 +118,7 @@ LEAVES = [
     Case(Perm, st.sampled_from([Perm.READ, Perm.WRITE, Perm.READ | Perm.WRITE]), hashable=True, key=True),
     Case(Literal["a", "b"], st.sampled_from(["a", "b"]), hashable=True, key=True),
     Case(Literal[1, True, None, Color.RED], st.sampled_from([1, True, None, Color.RED]), hashable=True),
-    Case(Cents, st.integers().map(Cents), hashable=True, key=True),
+    Case(Cents, INTS.map(Cents), hashable=True, key=True),
     Case(Annotated[str, "note"], TEXT, hashable=True, key=True),
     Case(Any, _json_values()),
 ]
@@ -191,7 +193,7 @@ def dataclass_of(draw: st.DrawFn, children: st.SearchStrategy[Case]) -> Case:
         object.__setattr__(obj, "hidden", hidden)
         return obj
 
-    return Case(cls, st.tuples(build, st.integers()).map(hide))
+    return Case(cls, st.tuples(build, INTS).map(hide))
 
 
 def namedtuple_of(cs: list[Case]) -> Case:

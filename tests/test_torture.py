@@ -33,3 +33,5 @@ def test_sagas_survive_killed_workers_and_a_server_restart(capsys: pytest.Captur
     assert report.server_restarts == 1
     assert report.resumes > 0, "killed workers should have left sagas for other workers to finish"
     assert report.dead_letter > 0 and report.failed > 0 and report.completed > 0
+    assert report.lock_overlaps == 0
+    assert report.past_pivot > 0, "pivot sagas should have passed their pivot"

@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from sagadsl.storage.schema import head_revision
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "sagadsl_0002"
+#: The newest revision the checkout ships: the installed wheel must carry the same.
+HEAD = head_revision()
 
 
 def _run(*args: str | Path, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -32,9 +32,7 @@ _SURROGATE_MESSAGE = (
     "store; it usually comes from bytes decoded with errors='surrogateescape': decode them with "
     "the right encoding, or encode binary data (e.g. base64) before returning it"
 )
-# Python's json module reads no int longer than sys.get_int_max_str_digits()
-# (4300 by default since 3.11); below this many bits an int is always shorter.
-_SAFE_INT_BITS = 14_000
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
 def to_json(value: Any, *, where: str = "value") -> JSONValue:
@@ -133,14 +131,12 @@ def _check_text(text: str, path: str) -> str:
 
 
 def _check_int(value: int, path: str) -> int:
-    if value.bit_length() > _SAFE_INT_BITS:
-        try:
-            str(value)
-        except ValueError:
-            raise SerializationError(
-                f"{path} is an int of about {int(value.bit_length() * 0.30103)} digits, more than "
-                "Python's JSON reader accepts (sys.get_int_max_str_digits()); store it as a str or "
-                "Decimal") from None
+    # SQLite reads a stored number beyond 64 bits back as a float, PostgreSQL
+    # does not: refused on every backend alike, so that a saga behaves the same.
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise SerializationError(
+            f"{path} is an int of {value.bit_length()} bits, beyond the 64-bit range every backend "
+            "stores exactly; store it as a str or Decimal")
     return value
 
 
@@ -148,7 +144,9 @@ def _check_float(value: float, path: str) -> float:
     if not math.isfinite(value):
         raise SerializationError(f"{path} is {value!r}, which JSON cannot store; "
                                  "use None or a finite number")
-    return value
+    # PostgreSQL's JSONB and SQLite both turn -0.0 into 0.0: store that on
+    # every backend, so the first run sees what a resume sees (-0.0 == 0.0).
+    return 0.0 if value == 0.0 else value
 
 
 def encode_key(key: Any, path: str) -> str:

@@ -8,7 +8,9 @@ one is taken.
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, tuple_, update
+from typing import Any
+
+from sqlalchemy import exists, insert, literal, select, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -16,7 +18,7 @@ from ..errors import ResourceLockedError
 from .base import NewWorkflow
 from .models import locks as locks_table
 
-__all__ = ["insert_locks", "take_waiting_locks", "resource_locked"]
+__all__ = ["insert_locks", "take_waiting_locks", "still_waiting", "resource_locked"]
 
 
 def insert_locks(conn: Connection, new: NewWorkflow, *, held: bool) -> None:
@@ -46,15 +48,10 @@ def take_waiting_locks(conn: Connection, saga_id: str, saga_name: str) -> None:
     A key is free for this saga when nobody holds it and no saga queued
     before it waits for it: sagas start in submission order per key.
     """
-    mine = locks_table.alias("mine")
-    other = locks_table.alias("other")
-    blocking = conn.execute(
-        select(mine.c.key, other.c.workflow_id)
-        .join(other, (other.c.key == mine.c.key) & (other.c.workflow_id != mine.c.workflow_id))
-        .where(mine.c.workflow_id == saga_id, mine.c.held.is_(False),
-               other.c.held.is_(True) | (tuple_(other.c.requested_at, other.c.workflow_id)
-                                         < tuple_(mine.c.requested_at, mine.c.workflow_id)))
-        .order_by(other.c.held.desc())).first()
+    mine, other = _blocking_pair()
+    blocking = conn.execute(select(mine.c.key, other.c.workflow_id)
+                            .join(other, _blocks(mine, other)).where(mine.c.workflow_id == saga_id)
+                            .order_by(other.c.held.desc())).first()
     if blocking is not None:
         raise resource_locked(saga_id, saga_name, blocking.key, blocking.workflow_id, waiting=True)
     try:
@@ -62,6 +59,29 @@ def take_waiting_locks(conn: Connection, saga_id: str, saga_name: str) -> None:
                                                locks_table.c.held.is_(False)).values(held=True))
     except IntegrityError as exc:
         raise resource_locked(saga_id, saga_name, None, None, waiting=True) from exc
+
+
+def _blocking_pair() -> tuple[Any, Any]:
+    return locks_table.alias("mine"), locks_table.alias("other")
+
+
+def _blocks(mine: Any, other: Any) -> Any:
+    """``other`` keeps the saga of ``mine`` waiting: it holds that key, or was queued for it first."""
+    return ((other.c.key == mine.c.key) & (other.c.workflow_id != mine.c.workflow_id)
+            & mine.c.held.is_(False)
+            & (other.c.held.is_(True) | (tuple_(other.c.requested_at, other.c.workflow_id)
+                                         < tuple_(mine.c.requested_at, mine.c.workflow_id))))
+
+
+def still_waiting(workflow_id: Any) -> Any:
+    """SQL: the saga of ``workflow_id`` waits for a lock key it cannot take yet.
+
+    Workers leave such sagas out of their poll, so that a queue of waiting
+    sagas never crowds out the sagas they could run.
+    """
+    mine, other = _blocking_pair()
+    return exists(select(literal(1)).select_from(mine).join(other, _blocks(mine, other))
+                  .where(mine.c.workflow_id == workflow_id))
 
 
 def resource_locked(saga_id: str, saga_name: str, key: str | None, holder: str | None, *,

@@ -20,7 +20,7 @@ import psycopg
 from sagadsl import SagaEngine, migrate
 
 from .cluster import ThrowawayCluster
-from .sagas import LEDGER_SQL, SAGAS, Plan
+from .sagas import FAMILIES, LEDGER_SQL, PIVOT, SAGAS, Plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +44,9 @@ class Report:
     reruns: int = 0
     duplicates: int = 0
     lost: int = 0
+    #: Pairs of sagas that ran while both holding one semantic lock key (must be 0).
+    lock_overlaps: int = 0
+    past_pivot: int = 0
     orphans: int = 0
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -53,17 +56,27 @@ class Report:
                 f"dead_letter={self.dead_letter} not_terminal={self.not_terminal} kills={self.kills} "
                 f"server_restarts={self.server_restarts} executions={self.executions} "
                 f"resumes={self.resumes} reruns={self.reruns} duplicates={self.duplicates} lost={self.lost} "
-                f"orphans={self.orphans} seconds={self.seconds:.1f}")
+                f"orphans={self.orphans} past_pivot={self.past_pivot} lock_overlaps={self.lock_overlaps} "
+                f"seconds={self.seconds:.1f}")
 
 
-def _plan(rng: random.Random, saga_id: str, url: str, steps: int) -> Plan:
+#: The accounts locked sagas hold: few, so that sagas queue for them.
+ACCOUNTS = 6
+
+
+def _plan(rng: random.Random, saga_id: str, url: str, steps: int, family: str) -> Plan:
+    account = f"a{rng.randrange(ACCOUNTS)}" if family == "locked" else "none"
     roll = rng.random()
     if roll < 0.6:
-        return Plan(saga_id, url)
-    fail_step = rng.randrange(1, steps)
-    if roll < 0.9:
-        return Plan(saga_id, url, fail_step=fail_step)
-    return Plan(saga_id, url, fail_step=fail_step, fail_compensation=rng.randrange(0, fail_step))
+        return Plan(saga_id, url, account=account)
+    # Past the pivot nothing fails for good: only the pivot and the steps before it do.
+    fail_step = rng.randrange(1, PIVOT + 1) if family == "pivot" else rng.randrange(1, steps)
+    # A locked saga in dead letter keeps its key for good, so that every saga
+    # queued behind it would wait past the run: locked sagas fail cleanly.
+    if roll < 0.9 or family == "locked":
+        return Plan(saga_id, url, fail_step=fail_step, account=account)
+    return Plan(saga_id, url, fail_step=fail_step, fail_compensation=rng.randrange(0, fail_step),
+                account=account)
 
 
 class Torture:
@@ -111,8 +124,9 @@ class Torture:
         engine = SagaEngine(url)
         for i in range(self.n):
             steps = self.rng.randrange(3, 7)
+            family = FAMILIES[i % len(FAMILIES)]
             saga_id = f"t-{i:05d}"
-            engine.submit(SAGAS[steps], _plan(self.rng, saga_id, url, steps), saga_id=saga_id,
+            engine.submit(SAGAS[family, steps], _plan(self.rng, saga_id, url, steps, family), saga_id=saga_id,
                           idempotency_key=f"{saga_id}-k")
         engine.close()
 
@@ -185,6 +199,25 @@ class Torture:
                 "  EXISTS (SELECT 1 FROM torture_effects e WHERE e.saga_id = w.id AND e.step = s.name "
                 "          AND e.kind = 'undo') "
                 "FROM sagadsl_workflows w JOIN sagadsl_steps s ON s.workflow_id = w.id").fetchall()
+            r.past_pivot = c.execute("SELECT count(*) FROM sagadsl_workflows WHERE past_pivot").fetchone()[0]  # type: ignore[index]
+            spans = c.execute(
+                "SELECT w.locks ->> 0, e.saga_id, min(e.at), max(e.at) FROM torture_executions e "
+                "JOIN sagadsl_workflows w ON w.id = e.saga_id WHERE jsonb_typeof(w.locks) = 'array' "
+                "GROUP BY 1, 2 ORDER BY 1, 3").fetchall()
+            released = c.execute(
+                "SELECT count(*) FROM sagadsl_locks l JOIN sagadsl_workflows w ON w.id = l.workflow_id "
+                "WHERE w.status IN ('completed', 'failed')").fetchone()[0]  # type: ignore[index]
+            if released:
+                r.problems.append(f"{released} lock rows of finished sagas were not released")
+        # No two sagas executed steps while holding the same key: per key, in
+        # order of their first execution, each starts after all before it ended.
+        last: dict[str, tuple[str, object]] = {}
+        for key, saga_id, start, end in spans:
+            if key in last and start < last[key][1]:  # type: ignore[operator]
+                r.lock_overlaps += 1
+                r.problems.append(f"{last[key][0]} and {saga_id} both ran holding {key}")
+            if key not in last or end > last[key][1]:  # type: ignore[operator]
+                last[key] = (saga_id, end)
         for saga_id, status, comp_error, step_name, step_status, done, undone in rows:
             expected_do, expected_undo = _expected(status, step_status)
             if done != expected_do or undone != expected_undo:

@@ -3,6 +3,11 @@
 Each step writes its effect idempotently (one row per key, whatever the number
 of executions) and logs every execution, so the checker can tell at-least-once
 execution from exactly-once effects. Failures are planned in the input.
+
+Three families: plain sagas; sagas with a pivot (step 1), whose later steps
+fail once on each attempt's first try and are retried until they succeed;
+and sagas holding the semantic lock ``acct:{account}`` over a few accounts,
+so that they queue behind each other.
 """
 
 from __future__ import annotations
@@ -38,6 +43,16 @@ class Plan:
     fail_step: int = -1
     #: Index of the step whose compensation always fails (-1: none).
     fail_compensation: int = -1
+    #: The account a locked saga holds (locked sagas only).
+    account: str = "none"
+
+
+#: The pivot of the pivot sagas.
+PIVOT = 1
+
+
+class Flaky(Exception):
+    """A planned failure after the pivot, retried until the step succeeds."""
 
 
 _local = threading.local()
@@ -83,21 +98,23 @@ def _write_once(plan: Plan, key: str, step_name: str, kind: str) -> None:
         raise
 
 
-def _make_step(index: int) -> Callable[..., Any]:
+def _make_step(index: int, *, pivot: bool = False, retriable: bool = False) -> Callable[..., Any]:
     name = f"s{index}"
 
     def run(self: Any) -> int:
         time.sleep(random.uniform(0.002, 0.02))  # room for a SIGKILL to land mid-step
         if self.input.fail_step == index:
             raise ValueError(f"planned failure of {name}")
+        if retriable and self.attempt == 1:
+            raise Flaky(f"planned first-attempt failure of {name}")
         _write(self.input, self.step_key, name, "do")
         return index
 
     run.__name__ = run.__qualname__ = name
     # Short policies: the ledger write rides out outages itself, so a planned
     # compensation failure reaches dead letter quickly, before the next kill.
-    return step(idempotency_key=f"{{saga_id}}-{name}",
-                retry=RetryPolicy(max_attempts=3, backoff=0.1, retry_on=DB_ERRORS),
+    return step(idempotency_key=f"{{saga_id}}-{name}", pivot=pivot,
+                retry=RetryPolicy(max_attempts=3, backoff=0.05, max_backoff=0.2, retry_on=(*DB_ERRORS, Flaky)),
                 compensation=CompensationPolicy(max_attempts=3, backoff=0.05, max_backoff=0.2))(run)
 
 
@@ -113,15 +130,24 @@ def _make_compensation(index: int) -> Callable[..., Any]:
     return compensates(name)(undo)
 
 
-def _saga_class(steps: int) -> type[Saga[Plan]]:
+def _saga_class(steps: int, family: str) -> type[Saga[Plan]]:
     body: dict[str, Any] = {}
     for i in range(steps):
+        if family == "pivot" and i >= PIVOT:
+            # The pivot and the steps after it have no compensation.
+            body[f"s{i}"] = _make_step(i, pivot=i == PIVOT, retriable=i > PIVOT)
+            continue
         body[f"s{i}"] = _make_step(i)
         body[f"undo_s{i}"] = _make_compensation(i)
+    qualname = f"Torture{family.title()}{steps}"
     body["__module__"] = __name__
-    body["__qualname__"] = f"Torture{steps}"
-    return types.new_class(f"Torture{steps}", (Saga[Plan],), {"name": f"torture.{steps}"},
-                           lambda ns: ns.update(body))
+    body["__qualname__"] = qualname
+    keywords: dict[str, Any] = {"name": f"torture.{family}.{steps}"}
+    if family == "locked":
+        keywords["locks"] = ("acct:{account}",)
+    return types.new_class(qualname, (Saga[Plan],), keywords, lambda ns: ns.update(body))
 
 
-SAGAS: dict[int, type[Saga[Plan]]] = {n: _saga_class(n) for n in range(3, 7)}
+FAMILIES = ("plain", "pivot", "locked")
+SAGAS: dict[tuple[str, int], type[Saga[Plan]]] = {
+    (family, n): _saga_class(n, family) for family in FAMILIES for n in range(3, 7)}
