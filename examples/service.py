@@ -2,8 +2,9 @@
 
 ``POST /orders`` commits the saga as ``pending`` (``engine.submit``) and
 answers ``202 Accepted`` at once; a :class:`~sagadsl.worker.Worker` thread in
-the same process picks it up and runs it. ``GET /orders/<id>`` reports its
-progress. In production, run the worker as its own process instead
+the same process picks it up and runs it. ``GET /order-<id>`` reports its
+progress; ``GET /order-<id>?wait=5`` first waits up to 5 seconds for its end
+(``engine.wait``) instead of the client polling. In production, run the worker as its own process instead
 (``saga-admin worker --import myapp.sagas``), as many as you need.
 
     python examples/service.py          # serve on http://127.0.0.1:8000
@@ -16,14 +17,14 @@ import json
 import sys
 import tempfile
 import threading
-import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from sagadsl import IdempotencyConflictError, Saga, SagaEngine, compensates, step
+from sagadsl import IdempotencyConflictError, Saga, SagaEngine, SagaError, compensates, step
 from sagadsl.worker import Worker
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -75,6 +76,12 @@ def make_app(engine: SagaEngine) -> Callable[[dict[str, Any], StartResponse], It
                 return reply(start_response, "409 Conflict", {"error": exc.code, "detail": str(exc)})
             return reply(start_response, "202 Accepted", {"saga_id": saga_id, "status_url": f"/{saga_id}"})
         if method == "GET" and path.startswith("/order-"):
+            wait = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("wait")
+            if wait:
+                try:
+                    engine.wait(path[1:], timeout=min(float(wait[0]), 30.0))
+                except (SagaError, TimeoutError):
+                    pass  # failed, not found or still running: the record below says which
             record = engine.get(path[1:])
             if record is None:
                 return reply(start_response, "404 Not Found", {"error": "no such saga"})
@@ -101,15 +108,6 @@ def call(base: str, method: str, path: str, body: dict[str, Any] | None = None) 
         return dict(json.load(response))
 
 
-def wait_until_finished(base: str, saga_id: str) -> dict[str, Any]:
-    for _ in range(200):
-        state = call(base, "GET", f"/{saga_id}")
-        if state["status"] in ("completed", "failed", "dead_letter"):
-            return state
-        time.sleep(0.05)
-    raise TimeoutError(f"{saga_id} did not finish")
-
-
 def serve(database_url: str, port: int, demo: bool) -> None:
     engine = SagaEngine(database_url)
     worker = Worker(engine, concurrency=4, poll_interval=0.1)
@@ -126,7 +124,8 @@ def serve(database_url: str, port: int, demo: bool) -> None:
         for order_id, cents in (("A1", 1500), ("A2", 0)):
             accepted = call(base, "POST", "/orders", {"order_id": order_id, "cents": cents})
             print(f"POST /orders {order_id} -> 202 {accepted['saga_id']}")
-            state = wait_until_finished(base, accepted["saga_id"])
+            # The server waits for the saga's end (engine.wait), up to 10 s.
+            state = call(base, "GET", f"/{accepted['saga_id']}?wait=10")
             print(f"GET /{state['saga_id']} -> {state['status']} {state['steps']}")
         again = call(base, "POST", "/orders", {"order_id": "A1", "cents": 1500})
         print(f"POST /orders A1 again -> 202 {again['saga_id']} (same saga, not run twice)")

@@ -8,9 +8,10 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Literal, TypeVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Collection, Iterable, Literal, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -22,6 +23,7 @@ from .errors import (
     IdempotencyConflictError,
     IdempotencyRequiredError,
     SagaDefinitionError,
+    SagaNotFoundError,
     SerializationError,
     UnknownSagaError,
 )
@@ -32,11 +34,13 @@ from .limits import MAX_CLAIMS_WITHOUT_PROGRESS, MAX_RETRY_COUNT, describe_excep
 from .locks import Lock
 from .records import QueryResult, SagaResult, WorkflowRecord
 from .registry import lookup
-from .runtime.executor import SagaExecutor, stuck_allowance
+from .runtime.executor import SagaExecutor
+from .runtime.stuck import stuck_allowance
 from .runtime.outcomes import cannot_drive_error, goes_backward, is_engine_failure, parked_values, stored_failure
 from .saga import Saga
-from .status import WorkflowStatus
-from .storage.base import Change, NewStep, NewWorkflow, QueryFilter, Storage, StorageSession
+from .status import ACTIVE_STATUSES, WorkflowStatus
+from .storage.base import Change, LockRecord, NewStep, NewWorkflow, QueryFilter, Storage, StorageSession
+from .storage.notify import DoneListener
 from .storage.sql import SqlStorage
 
 if TYPE_CHECKING:
@@ -51,6 +55,12 @@ T = TypeVar("T")
 DEFAULT_DATABASE_URL = "sqlite:///sagadsl.db"
 _MAX_ID_LENGTH = 255
 _loops = threading.local()
+#: ``wait`` polls the saga after this many seconds, doubling up to ``_WAIT_POLL_MAX``.
+#: On PostgreSQL a notification from the terminal commit wakes it sooner.
+_WAIT_POLL_FIRST = 0.01
+_WAIT_POLL_MAX = 0.5
+#: Sagas ``prune`` deletes per transaction.
+PRUNE_BATCH = 1000
 
 
 def _definition_of(saga_cls: Any) -> SagaDefinition:
@@ -146,6 +156,8 @@ class SagaEngine:
         self._step_pool = ThreadPoolExecutor(max_workers=step_threads, thread_name_prefix="sagadsl-step")
         self._db_pool = ThreadPoolExecutor(max_workers=max(4, step_threads // 2),
                                            thread_name_prefix="sagadsl-db")
+        self._listener: DoneListener | None = None
+        self._listener_guard = threading.Lock()
 
     # -- running ----------------------------------------------------------------
 
@@ -177,29 +189,154 @@ class SagaEngine:
         return await self._start(saga_cls, input, saga_id, idempotency_key, offload=True)
 
     def submit(self, saga_cls: type[Saga[T]], input: T, *, saga_id: str,
-               idempotency_key: str | None = None) -> WorkflowRecord | None:
+               idempotency_key: str | None = None,
+               start_after: datetime | timedelta | None = None) -> WorkflowRecord | None:
         """Commit the saga as ``pending`` and return at once; a worker runs it.
 
         The saga's 15-minute execution budget starts when a worker first
-        takes it, not while it waits in the queue.
+        takes it, not while it waits in the queue. :meth:`wait` gives its
+        outcome.
 
         Submitting an existing saga id again with the same key changes
         nothing and returns the stored saga; another key raises
         :class:`IdempotencyConflictError`.
 
+        Args:
+            start_after: No worker takes the saga before this time (a
+                timezone-aware datetime, or a delay from now). It only
+                holds workers back: :meth:`run` or :meth:`resume` of the saga
+                id runs it at once, as an explicit request to.
+
         Returns:
             None when the saga was created, else the stored saga.
         """
+        new = self._submitted(saga_cls, input, saga_id, idempotency_key, start_after)
+        return self._begin_submitted(new, saga_cls, idempotency_key)
+
+    async def submit_async(self, saga_cls: type[Saga[T]], input: T, *, saga_id: str,
+                           idempotency_key: str | None = None,
+                           start_after: datetime | timedelta | None = None) -> WorkflowRecord | None:
+        """Like :meth:`submit`, for async code: the database commit runs in a thread."""
+        new = self._submitted(saga_cls, input, saga_id, idempotency_key, start_after)
+        return await self._offloaded(lambda: self._begin_submitted(new, saga_cls, idempotency_key))
+
+    def _submitted(self, saga_cls: type[Saga[Any]], input: Any, saga_id: Any, idempotency_key: Any,
+                   start_after: datetime | timedelta | None) -> NewWorkflow:
         new, _ = self._prepare(saga_cls, input, saga_id, idempotency_key)
-        new = dataclasses.replace(new, started=False)
-        session = self.storage.session(saga_id)
+        if start_after is None:
+            return dataclasses.replace(new, started=False)
+        if isinstance(start_after, timedelta):
+            start_after = new.now + start_after
+        elif not isinstance(start_after, datetime):
+            raise TypeError(f"{saga_cls.__name__}: start_after must be a datetime or a timedelta, "
+                            f"got {type(start_after).__name__}")
+        elif start_after.tzinfo is None:
+            raise ValueError(f"{saga_cls.__name__}: start_after {start_after!r} is a naive datetime; pass a "
+                             "timezone-aware one, e.g. datetime.now(timezone.utc) + timedelta(hours=1)")
+        # It is not stuck while it waits for its time.
+        stuck_after = (None if new.stuck_after is None
+                       else max(new.stuck_after, start_after + (new.stuck_after - new.now)))
+        return dataclasses.replace(new, started=False, start_after=start_after, stuck_after=stuck_after)
+
+    def _begin_submitted(self, new: NewWorkflow, saga_cls: type[Saga[Any]],
+                         idempotency_key: str | None) -> WorkflowRecord | None:
+        session = self.storage.session(new.id)
         try:
-            record = session.begin(new, saga_id=saga_id, claim=False, now=new.now)
+            record = session.begin(new, saga_id=new.id, claim=False, now=new.now)
         finally:
             session.close()
         if record is not None:
             self._check_same(record, saga_cls, idempotency_key)
         return record
+
+    def wait(self, saga_id: str, timeout: float | None = None) -> SagaResult:
+        """Block until saga ``saga_id`` ends and give its outcome, as :meth:`run` would.
+
+        Another thread, process or worker drives the saga; this only watches.
+        On PostgreSQL the terminal commit wakes the waiter (``LISTEN``/``NOTIFY``,
+        one listening connection per engine, however many wait); elsewhere,
+        and as a fallback, the saga is polled every 10 ms, backing off to 500 ms.
+
+        Args:
+            timeout: Seconds to wait at most (None: until it ends).
+
+        Returns:
+            The completed saga's status and typed step results.
+
+        Raises:
+            TimeoutError: the saga did not end within ``timeout``.
+            SagaNotFoundError: no saga has this id.
+            SagaFailedError: a step failed and everything was compensated.
+            DeadLetterError: the saga is in dead letter.
+            UnknownSagaError: its class is not imported in this process.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        outcome = self._outcome(saga_id)
+        if outcome is not None:
+            return outcome
+        woken = threading.Event()
+        unwatch = self._watch(saga_id, woken.set)
+        try:
+            delay = _WAIT_POLL_FIRST
+            while True:
+                woken.clear()
+                outcome = self._outcome(saga_id)
+                if outcome is not None:
+                    return outcome
+                woken.wait(_pause(delay, deadline, saga_id, timeout))
+                delay = min(delay * 2, _WAIT_POLL_MAX)
+        finally:
+            unwatch()
+
+    async def wait_async(self, saga_id: str, timeout: float | None = None) -> SagaResult:
+        """Like :meth:`wait`, on the caller's event loop; database reads go to threads."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        outcome = await self._offloaded(lambda: self._outcome(saga_id))
+        if outcome is not None:
+            return outcome
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(woken.set)
+
+        unwatch = await self._offloaded(lambda: self._watch(saga_id, wake))
+        try:
+            delay = _WAIT_POLL_FIRST
+            while True:
+                woken.clear()
+                outcome = await self._offloaded(lambda: self._outcome(saga_id))
+                if outcome is not None:
+                    return outcome
+                pause = _pause(delay, deadline, saga_id, timeout)
+                # Not contextlib.suppress: from Python 3.11 on it would swallow _pause's TimeoutError too.
+                try:
+                    await asyncio.wait_for(woken.wait(), pause)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, _WAIT_POLL_MAX)
+        finally:
+            unwatch()
+
+    def _outcome(self, saga_id: str) -> SagaResult | None:
+        """The outcome of a finished saga (returned or raised), None while it is active."""
+        record = self.get(saga_id)
+        if record is None:
+            raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+        if not record.status.is_terminal:
+            return None
+        return self._stored_outcome(record, lookup(record.saga_name).definition)
+
+    def _watch(self, saga_id: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """Have ``wake`` called when the saga ends, where the database can say so; returns the undo."""
+        storage = self.storage
+        if not (isinstance(storage, SqlStorage) and storage.dialect == "postgresql"):
+            return _nothing
+        with self._listener_guard:
+            if self._listener is None:
+                self._listener = DoneListener(storage.engine, storage.schema)
+            listener = self._listener
+        return listener.watch(saga_id, wake)
 
     def resume(self, saga_id: str) -> SagaResult:
         """Drive a stored saga to its end by id, rebuilding it from its registered name.
@@ -458,6 +595,54 @@ class SagaEngine:
         """How many sagas are in each status (every status present, 0 if none)."""
         return self.storage.count_by_status()
 
+    def locks(self, *keys: str) -> list[LockRecord]:
+        """Who holds and who waits for semantic lock keys (every key if none given).
+
+        Ordered by key; for each key its holder first, then its waiters in queue order.
+        """
+        return self.storage.locks(keys)
+
+    def count_by_name(self) -> dict[str, dict[WorkflowStatus, int]]:
+        """How many sagas of each registered name are in each status (statuses with none left out).
+
+        Unlike :meth:`count_by_status` this scans the sagas; it is meant for
+        operators, not for a hot path.
+        """
+        return self.storage.count_by_name()
+
+    def prune(self, older_than: timedelta,
+              statuses: Collection[WorkflowStatus | str] = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED),
+              *, batch: int = PRUNE_BATCH, progress: Callable[[int], None] | None = None) -> int:
+        """Delete finished sagas last updated more than ``older_than`` ago, with their steps.
+
+        Deletes ``batch`` sagas per short transaction, so running sagas are
+        not held up. Dead-letter sagas are only deleted when ``statuses``
+        names ``dead_letter``; active ones never. The counts by status stay
+        exact.
+
+        Args:
+            older_than: How long ago a saga's last update must be.
+            statuses: The statuses to delete.
+            batch: Sagas deleted per transaction.
+            progress: Called with the number deleted after each batch.
+
+        Returns:
+            How many sagas were deleted.
+
+        Raises:
+            ValueError: ``statuses`` names an active status, or ``older_than``
+                or ``batch`` is negative or zero.
+        """
+        chosen = tuple(WorkflowStatus(s) for s in statuses)
+        active = [s.value for s in chosen if s in ACTIVE_STATUSES]
+        if active:
+            raise ValueError(f"prune never deletes active sagas; remove {', '.join(active)} from statuses")
+        if older_than < timedelta(0):
+            raise ValueError(f"older_than must not be negative, got {older_than}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        return self.storage.prune(self.clock.now() - older_than, chosen, batch, progress)
+
     def retry(self, saga_id: str) -> int:
         """Move a dead-letter saga back to ``pending`` with a new execution budget.
 
@@ -494,6 +679,10 @@ class SagaEngine:
 
     def close(self) -> None:
         """Stop the thread pools and release database connections."""
+        with self._listener_guard:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         self._step_pool.shutdown(wait=False, cancel_futures=True)
         self._db_pool.shutdown(wait=False, cancel_futures=True)
         self.storage.close()
@@ -531,6 +720,22 @@ def _discard_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 async def _inline(fn: Callable[[], T]) -> T:
     return fn()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _pause(delay: float, deadline: float | None, saga_id: str, timeout: float | None) -> float:
+    """How long a waiter sleeps before it polls again; TimeoutError once its deadline passed."""
+    if deadline is None:
+        return delay
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(f"saga {saga_id!r} did not finish within {timeout:g} s; it is still running "
+                           "(or waiting for a worker): wait again, or look at it with "
+                           f"`saga-admin show {saga_id}`")
+    return min(delay, remaining)
 
 
 class _PoisonSagaError(RuntimeError):

@@ -79,6 +79,8 @@ class WorkflowRecord:
     past_pivot: bool = False
     #: The semantic lock keys the saga holds (or, while it waits, wants).
     locks: tuple[str, ...] = ()
+    #: A submitted saga that no worker takes before this time (None: at once).
+    start_after: datetime | None = None
 
     def step(self, name: str) -> StepRecord | None:
         """The step called ``name``, or None."""

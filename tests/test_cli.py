@@ -212,7 +212,7 @@ def test_list_json_document(db: Db) -> None:
     assert document["total"] == 4 and document["offset"] == 0 and document["limit"] == 1
     (saga,) = document["sagas"]
     assert set(saga) == {"id", "saga", "status", "current_step", "retry_count", "created_at",
-                         "updated_at", "age_seconds", "stuck"}
+                         "updated_at", "age_seconds", "stuck", "past_pivot"}
     assert saga["id"] == "ship-ok" and saga["status"] == "completed" and saga["retry_count"] == 0
     assert saga["created_at"].endswith("Z") and saga["stuck"] is False
 
@@ -1004,3 +1004,26 @@ def test_control_characters_from_a_saga_are_shown_escaped(monkeypatch: pytest.Mo
     assert result.stdout.startswith("Saga \\x1b]0;owned\\x07id\n")
     assert "error               bad\\x1b[31m red\n" in result.stdout
     assert "X: \\x1b[2J\\x07gone\n" in result.stdout
+
+
+# -- locks ---------------------------------------------------------------------------
+
+
+def test_locks_shows_who_holds_and_who_waits(durable_url: tuple[str, str | None]) -> None:
+    from sagadsl import SagaEngine
+    from sagadsl.storage import SqlStorage
+
+    from .test_locks import Move, Transfer
+
+    url, schema = durable_url
+    with SagaEngine(SqlStorage(url, schema=schema)) as engine:
+        engine.submit(Move, Transfer("x[/]", "y"), saga_id="waiter", idempotency_key="k")
+    options = ["--database-url", url] + (["--schema", schema] if schema else [])
+    table = run(*options, "locks")
+    assert table.exit_code == 0, table.output
+    assert "account:x[/]" in table.output and "waiter" in table.output and "waits" in table.output
+    assert "0 held, 2 waiting" in table.output
+    as_json = run(*options, "--output", "json", "locks", "account:y")
+    assert as_json.exit_code == 0, as_json.output
+    document = json.loads(as_json.output)
+    assert [(r["key"], r["saga_id"], r["held"]) for r in document["locks"]] == [("account:y", "waiter", False)]

@@ -49,6 +49,8 @@ def list_command(ctx: click.Context, page: SagaPage) -> None:
         grid = render.table("ID", "SAGA", "STATUS", "STEP REACHED", "RETRIES", "AGE", "UPDATED (UTC)")
         for w in found.workflows:
             status = w.status.value + (" (stuck)" if render.is_stuck(w, now) else "")
+            if w.past_pivot and w.status.value != "completed":
+                status += " (past pivot)"
             reached = render.reached_step(w)
             grid.add_row(render.plain(w.id), render.plain(w.saga_name), status,
                          render.plain(reached.name if reached else None),
@@ -92,6 +94,8 @@ def _print_detail(record: WorkflowRecord, now: datetime) -> None:
         ("saga", record.saga_name), ("status", status), ("idempotency key", record.idempotency_key),
         ("retries", f"{record.retry_count} of {MAX_RETRY_COUNT}"),
         ("position", render.position_text(record)),
+        *([("past pivot", "yes: it only goes forward; nothing is compensated")] if record.past_pivot else []),
+        *([("locks", ", ".join(record.locks))] if record.locks else []),
         ("created", f"{render.clock_text(record.created_at)} UTC ({render.ago(record.created_at, now)})"),
         ("updated", f"{render.clock_text(record.updated_at)} UTC ({render.ago(record.updated_at, now)})"),
     ]

@@ -24,7 +24,7 @@ from ..registry import import_modules
 from ..status import WorkflowStatus
 from .app import CliError, settings_of
 
-__all__ = ["SagaPage", "TimeBound", "import_option", "import_saga_modules", "output_option",
+__all__ = ["SagaPage", "TimeBound", "Duration", "import_option", "import_saga_modules", "output_option",
            "page_options"]
 
 R = TypeVar("R")
@@ -43,16 +43,28 @@ class TimeBound(click.ParamType):  # type: ignore[type-arg]  # generic only in c
         if isinstance(value, datetime):
             return value
         text = str(value)
-        match = _RELATIVE.match(text)
-        if match:
-            amount = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
-            return datetime.now(timezone.utc) - amount
+        if _RELATIVE.match(text):
+            return datetime.now(timezone.utc) - Duration().convert(text, param, ctx)
         try:
             when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
         except ValueError:
             self.fail(f"{text!r} is neither a duration like 30m, 1h, 2d nor an ISO 8601 time like "
                       "2026-11-29 or 2026-11-29T06:30:00Z", param, ctx)
         return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in click >= 8.2
+    """A length of time: ``90s``, ``30m``, ``12h``, ``30d``, ``2w``."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        match = _RELATIVE.match(str(value))
+        if not match:
+            self.fail(f"{value!r} is not a duration like 90s, 30m, 12h, 30d or 2w", param, ctx)
+        return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
 
 
 def _set_output(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

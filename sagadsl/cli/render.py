@@ -158,6 +158,7 @@ def summary_json(record: WorkflowRecord, now: datetime) -> dict[str, Any]:
         "updated_at": iso(record.updated_at),
         "age_seconds": round((now - record.created_at).total_seconds(), 3),
         "stuck": is_stuck(record, now),
+        "past_pivot": record.past_pivot,
     }
 
 
@@ -254,6 +255,8 @@ def detail_json(record: WorkflowRecord, now: datetime) -> dict[str, Any]:
         "started_at": iso(record.started_at),
         "deadline": iso(deadline_of(record)),
         "stuck": is_stuck(record, now),
+        "past_pivot": record.past_pivot,
+        "locks": list(record.locks),
         "position": position_json(record),
         "steps": [
             {"name": s.name, "position": s.position, "status": s.status.value, "attempts": s.attempts,

@@ -1,4 +1,4 @@
-"""``saga-admin stats``: how many sagas are in each status, once or refreshed in place."""
+"""``saga-admin stats``: how many sagas are in each status, once or refreshed in place, or per saga name."""
 
 from __future__ import annotations
 
@@ -61,7 +61,23 @@ def _stats_view(stats: dict[str, Any]) -> Group:
     return Group(Text(f"Sagas at {stamp} UTC", style="bold"), grid, facts)
 
 
+def _by_name(settings: Settings) -> dict[str, dict[str, int]]:
+    engine = settings.engine()
+    with database_errors(settings):
+        counts = engine.count_by_name()
+    return {name: {status.value: counts[name].get(status, 0) for status in WorkflowStatus}
+            for name in sorted(counts)}
+
+
+def _by_name_view(by_name: dict[str, dict[str, int]]) -> Table:
+    grid = render.table("SAGA", *(s.value.upper() for s in WorkflowStatus), "TOTAL")
+    for name, counts in by_name.items():
+        grid.add_row(render.plain(name), *(str(n) for n in counts.values()), str(sum(counts.values())))
+    return grid
+
+
 @cli.command("stats", short_help="Count sagas per status; stuck and dead-letter counts.")
+@click.option("--by-name", is_flag=True, help="Count per saga name and status instead (scans the sagas).")
 @click.option("-w", "--watch", is_flag=True, help="Refresh until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
               metavar="SECONDS", help="Seconds between refreshes with --watch.")
@@ -69,14 +85,25 @@ def _stats_view(stats: dict[str, Any]) -> Group:
               help="With --watch, stop after N refreshes (default: until Ctrl-C).")
 @output_option
 @click.pass_context
-def stats_command(ctx: click.Context, watch: bool, interval: float, refreshes: int | None) -> None:
+def stats_command(ctx: click.Context, by_name: bool, watch: bool, interval: float,
+                  refreshes: int | None) -> None:
     """Count sagas per status, with the oldest pending, stuck and dead-letter counts.
 
     With --watch the numbers refresh in place on a terminal; when stdout is
     not a terminal each refresh is printed after the previous one (JSON: one
-    document per line).
+    document per line). With --by-name, one row per saga name and a column
+    per status.
     """
     settings = settings_of(ctx)
+    if by_name:
+        if watch:
+            raise click.UsageError("--by-name cannot be combined with --watch", ctx)
+        counts = _by_name(settings)
+        if settings.json:
+            render.print_json({"by_name": counts})
+        else:
+            render.emit(_by_name_view(counts))
+        return
     if not watch:
         if refreshes is not None:
             raise click.UsageError("--count only applies with --watch", ctx)

@@ -11,7 +11,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from ..clock import Clock
@@ -24,34 +24,30 @@ from ..records import SagaResult, WorkflowRecord
 from ..saga import Saga
 from ..status import StepStatus, WorkflowStatus
 from ..storage.base import Change, StorageSession
-from .attempts import AttemptOutcome, Budget, Call, Phase, Runtime, UntilItSucceeds, call_with_retries
-from .outcomes import (cannot_drive_error, dead_letter_error, failed_error, goes_backward, is_engine_failure,
-                       parked_values, past_pivot_error)
+from .attempts import (
+    AttemptOutcome,
+    Budget,
+    Call,
+    Phase,
+    Runtime,
+    UntilItSucceeds,
+    call_with_retries,
+)
+from .outcomes import (
+    cannot_drive_error,
+    dead_letter_error,
+    failed_error,
+    goes_backward,
+    is_engine_failure,
+    parked_values,
+    past_pivot_error,
+)
+from .stuck import stuck_allowance
 
-__all__ = ["SagaExecutor", "stuck_allowance"]
+__all__ = ["SagaExecutor"]
 
 logger = logging.getLogger("sagadsl.executor")
 T = TypeVar("T")
-
-#: Slack on top of what a saga's own timeouts allow before it counts as stuck.
-STUCK_GRACE = timedelta(minutes=1)
-
-
-def stuck_allowance(definition: SagaDefinition) -> timedelta:
-    """How long an active saga may go without a commit before it counts as stuck."""
-    worst = timedelta(0)
-    for s in definition.steps:
-        if s.timeout is None or s.kind == "retriable":  # retriable: retried until the budget ends
-            return MAX_EXECUTION_DURATION + STUCK_GRACE
-        waits = sum(s.retry.delay(i) for i in range(1, s.retry.max_attempts))
-        worst = max(worst, timedelta(seconds=s.timeout * s.retry.max_attempts + waits))
-        policy = s.compensation_policy
-        if policy.timeout is None:
-            return MAX_EXECUTION_DURATION + STUCK_GRACE
-        waits = sum(policy.delay(i) for i in range(1, policy.max_attempts))
-        worst = max(worst, timedelta(seconds=policy.timeout * policy.max_attempts + waits))
-    return min(worst, MAX_EXECUTION_DURATION) + STUCK_GRACE
-
 
 @dataclass
 class _Failure:

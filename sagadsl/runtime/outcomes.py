@@ -9,8 +9,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ..errors import (CompensationFailedError, DeadLetterError, SagaError, SagaFailedError, SagaLockedError,
-                      StorageError)
+from ..errors import (
+    CompensationFailedError,
+    DeadLetterError,
+    SagaError,
+    SagaFailedError,
+    SagaLockedError,
+    StorageError,
+)
 from ..limits import format_traceback, truncate_error
 from ..records import WorkflowRecord
 from ..status import WorkflowStatus

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Collection, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Collection, Literal, Protocol, Sequence, runtime_checkable
 
 from ..records import QueryResult, WorkflowRecord
 from ..status import WorkflowStatus
@@ -44,6 +44,8 @@ class NewWorkflow:
     #: Semantic lock keys, rendered: taken in the creating commit by a saga
     #: that runs at once, queued for one that is submitted.
     locks: tuple[str, ...] = ()
+    #: A submitted saga that no worker takes before this time (None: at once).
+    start_after: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,26 @@ class Storage(Protocol):
     def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
         """Ids of active sagas that may have no live executor, oldest first.
 
+        A saga whose ``start_after`` is later than ``now`` is left out.
         ``exclude`` lists ids the caller does not want (it runs them, or it
         set them aside), so that they never crowd out the others.
+        """
+        ...
+
+    def count_by_name(self) -> dict[str, dict[WorkflowStatus, int]]:
+        """How many sagas of each registered name are in each status (statuses with none left out)."""
+        ...
+
+    def prune(self, before: datetime, statuses: Collection[WorkflowStatus], batch: int,
+              progress: Callable[[int], None] | None = None) -> int:
+        """Delete the sagas in ``statuses`` last updated before ``before``, with their steps and locks.
+
+        Deletes ``batch`` sagas per transaction, so that no lock is held for
+        long, and calls ``progress`` with the number deleted after each one.
+        Active sagas are never deleted, whatever ``statuses`` says.
+
+        Returns:
+            How many sagas were deleted.
         """
         ...
 

@@ -30,6 +30,7 @@ from ..limits import MAX_EXECUTION_DURATION
 from ..locks import advisory_key, claim_is_free, owner_token
 from ..status import ACTIVE_STATUSES, WorkflowStatus
 from .models import workflows as wf_table
+from .semantic_locks import still_waiting
 from .statements import ADVISORY_UNLOCK, COUNT_CLAIM, HELD_ADVISORY_KEYS, TRY_ADVISORY_LOCK
 
 __all__ = ["Claim", "ClaimProtocol", "AdvisoryClaim", "LeaseClaim", "ADVISORY", "LEASE", "LEASE_DURATION",
@@ -230,6 +231,11 @@ class ClaimProtocol(Protocol):
         ...
 
 
+def _started(now: datetime) -> Any:
+    """Sagas a worker may start by ``now``: no ``start_after``, or one that has passed."""
+    return or_(wf_table.c.start_after.is_(None), wf_table.c.start_after <= now)
+
+
 class _Advisory:
     name = "advisory"
 
@@ -240,7 +246,7 @@ class _Advisory:
         # Held claims are left out in SQL, so however many older sagas live
         # executors hold, the page holds sagas a worker can take.
         stmt = (select(wf_table.c.id)
-                .where(wf_table.c.status.in_(_ACTIVE),
+                .where(wf_table.c.status.in_(_ACTIVE), _started(now), ~still_waiting(wf_table.c.id),
                        or_(wf_table.c.lock_key.is_(None),
                            wf_table.c.lock_key.not_in(select(HELD_ADVISORY_KEYS.c.key))))
                 .order_by(wf_table.c.updated_at).limit(limit))
@@ -262,7 +268,7 @@ class _Lease:
         after: tuple[datetime, str] | None = None
         while len(free) < limit:
             stmt = (select(wf_table.c.id, wf_table.c.owner, wf_table.c.lease_expires_at, wf_table.c.updated_at)
-                    .where(wf_table.c.status.in_(_ACTIVE))
+                    .where(wf_table.c.status.in_(_ACTIVE), _started(now), ~still_waiting(wf_table.c.id))
                     .order_by(wf_table.c.updated_at, wf_table.c.id).limit(RECOVERY_PAGE))
             if exclude:
                 stmt = stmt.where(wf_table.c.id.not_in(list(exclude)))

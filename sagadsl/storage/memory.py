@@ -7,7 +7,7 @@ import dataclasses
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from ..errors import (
     InvalidStateError,
@@ -99,9 +99,37 @@ class InMemoryStorage:
         with self._guard:
             active = [r.values for r in self._rows.values()
                       if r.values["status"] in {s.value for s in ACTIVE_STATUSES}
-                      and r.values["id"] not in self._claims and r.values["id"] not in exclude]
+                      and r.values["id"] not in self._claims and r.values["id"] not in exclude
+                      and (r.values.get("start_after") is None or r.values["start_after"] <= now)
+                      and not self._waiting(r.values["id"])]
             active.sort(key=lambda v: v["updated_at"])
             return [v["id"] for v in active[:limit]]
+
+    def count_by_name(self) -> dict[str, dict[WorkflowStatus, int]]:
+        counts: dict[str, dict[WorkflowStatus, int]] = {}
+        with self._guard:
+            for r in self._rows.values():
+                by_status = counts.setdefault(r.values["saga_name"], {})
+                status = WorkflowStatus(r.values["status"])
+                by_status[status] = by_status.get(status, 0) + 1
+        return counts
+
+    def prune(self, before: datetime, statuses: Collection[WorkflowStatus], batch: int,
+              progress: Callable[[int], None] | None = None) -> int:
+        wanted = {s.value for s in statuses} - {s.value for s in ACTIVE_STATUSES}
+        deleted = 0
+        while True:
+            with self._guard:
+                ids = [saga_id for saga_id, r in self._rows.items()
+                       if r.values["status"] in wanted and r.values["updated_at"] < before][:batch]
+                for saga_id in ids:
+                    del self._rows[saga_id]
+                    self._release(saga_id)
+            deleted += len(ids)
+            if ids and progress is not None:
+                progress(len(ids))
+            if len(ids) < batch:
+                return deleted
 
     def locks(self, keys: Sequence[str] = ()) -> list[LockRecord]:
         with self._guard:
@@ -118,15 +146,27 @@ class InMemoryStorage:
         for key in new.locks:
             self._locks.setdefault(key, {})[new.id] = (held, new.now)
 
+    def _blocker(self, saga_id: str) -> tuple[str, str] | None:
+        """The (key, saga) that keeps ``saga_id`` waiting: a holder, or a saga queued first."""
+        for key, entries in self._locks.items():
+            mine = entries.get(saga_id)
+            if mine is None or mine[0]:
+                continue
+            for other, (held, other_at) in entries.items():
+                if other != saga_id and (held or (other_at, other) < (mine[1], saga_id)):
+                    return key, other
+        return None
+
+    def _waiting(self, saga_id: str) -> bool:
+        return self._blocker(saga_id) is not None
+
     def _take_waiting(self, saga_id: str, saga_name: str) -> None:
-        mine = {key: entries[saga_id] for key, entries in self._locks.items() if saga_id in entries}
-        waiting = {key: at for key, (held, at) in mine.items() if not held}
-        for key, at in waiting.items():
-            for other, (held, other_at) in self._locks[key].items():
-                if other != saga_id and (held or (other_at, other) < (at, saga_id)):
-                    raise _resource_locked(saga_id, saga_name, key, other, waiting=True)
-        for key, at in waiting.items():
-            self._locks[key][saga_id] = (True, at)
+        blocker = self._blocker(saga_id)
+        if blocker is not None:
+            raise _resource_locked(saga_id, saga_name, blocker[0], blocker[1], waiting=True)
+        for key, entries in self._locks.items():
+            if saga_id in entries:
+                entries[saga_id] = (True, entries[saga_id][1])
 
     def _release(self, saga_id: str) -> None:
         for key in [k for k, entries in self._locks.items() if saga_id in entries]:
@@ -191,6 +231,7 @@ def _record(row: _Row) -> WorkflowRecord:
         retry_count=v["retry_count"], error=error, created_at=v["created_at"], updated_at=v["updated_at"],
         started_at=v["started_at"], current_step=v.get("current_step"), stuck_after=v.get("stuck_after"),
         claims=v.get("claims", 0), past_pivot=bool(v.get("past_pivot", False)), locks=tuple(v.get("locks") or ()),
+        start_after=v.get("start_after"),
     )
 
 

@@ -107,6 +107,8 @@ class WorkflowRow(Base):
     past_pivot: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: The semantic lock keys the saga holds or waits for, rendered at creation.
     locks: Mapped[Optional[Any]] = mapped_column(JSONDocument, nullable=True)
+    #: A submitted saga that no worker takes before this time (None: at once).
+    start_after: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_sagadsl_workflows_status_created_at", "status", "created_at"),

@@ -83,7 +83,7 @@ def record_of(row: Any, step_rows: list[Any]) -> WorkflowRecord:
         retry_count=row["retry_count"], error=error, created_at=row["created_at"],
         updated_at=row["updated_at"], started_at=row["started_at"], current_step=row["current_step"],
         stuck_after=row["stuck_after"], claims=row["claims"], past_pivot=bool(row["past_pivot"]),
-        locks=tuple(row["locks"] or ()),
+        locks=tuple(row["locks"] or ()), start_after=row["start_after"],
     )
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from datetime import datetime
-from typing import Any, Collection, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Collection, Iterator, Sequence, TypeVar
 
 from sqlalchemy import case, delete, func, insert, null, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..limits import truncate_error
 from ..records import QueryResult, WorkflowRecord
-from ..status import StepStatus, WorkflowStatus
+from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
 from ..urls import mask_url
 from .base import Change, LockRecord, NewWorkflow, QueryFilter
 from .claims import ADVISORY, LEASE, LEASE_DURATION, ClaimProtocol, advisory_lock_key, locked
@@ -174,7 +174,48 @@ class SqlStorage:
         return _read(self.engine, "looking for recoverable sagas",
                      lambda conn: self.claims.recoverable(conn, now, limit, exclude))
 
+    def count_by_name(self) -> dict[str, dict[WorkflowStatus, int]]:
+        c = wf_table.c
+        stmt = select(c.saga_name, c.status, func.count()).group_by(c.saga_name, c.status)
+
+        def fetch(conn: Connection) -> dict[str, dict[WorkflowStatus, int]]:
+            counts: dict[str, dict[WorkflowStatus, int]] = {}
+            for name, status, n in conn.execute(stmt):
+                counts.setdefault(name, {})[WorkflowStatus(status)] = int(n)
+            return counts
+
+        return _read(self.engine, "counting sagas by name", fetch)
+
     # -- operator actions ---------------------------------------------------
+
+    def prune(self, before: datetime, statuses: Collection[WorkflowStatus], batch: int,
+              progress: Callable[[int], None] | None = None) -> int:
+        c = wf_table.c
+        wanted = [s.value for s in statuses if s not in ACTIVE_STATUSES]
+        if not wanted or batch < 1:
+            return 0
+        matching = (c.status.in_(wanted), c.updated_at < before)
+        # The ids first, then the rows: PostgreSQL may run a LIMIT ... FOR
+        # UPDATE subquery of ``DELETE ... WHERE id IN (...)`` more than once,
+        # deleting more than a batch in one transaction.
+        pick = select(c.id).where(*matching).limit(batch)
+        if self.dialect == "postgresql":
+            # Rows an executor or a retry holds are left for a later batch, not waited for.
+            pick = pick.with_for_update(skip_locked=True)
+        doing = "pruning old sagas"
+        deleted = 0
+        while True:
+            # One short transaction per batch: its steps and locks go by ON
+            # DELETE CASCADE, the status counts by their triggers.
+            with (_connect(self.engine, doing) as conn, _translated(self.engine, doing), conn.begin()):
+                ids = list(conn.execute(pick).scalars())
+                # The conditions again: a saga a retry moved back to pending meanwhile stays.
+                n = conn.execute(delete(wf_table).where(c.id.in_(ids), *matching)).rowcount if ids else 0
+            deleted += n
+            if n and progress is not None:
+                progress(n)
+            if n < batch:
+                return deleted
 
     def retry(self, saga_id: str, now: datetime, max_retries: int) -> int:
         stmt = (update(wf_table)
@@ -344,7 +385,7 @@ class SqlSession:
             stuck_after=new.stuck_after,
             # The creating executor is the saga's first claim when it runs it.
             claims=1 if claim else 0,
-            locks=list(new.locks) if new.locks else None,
+            locks=list(new.locks) if new.locks else None, start_after=new.start_after,
             **self._claim.creation_values(claim, new.now),
         )
         if one_statement:

@@ -167,6 +167,13 @@ class CrashingStorage:
     def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
         return self.inner.recoverable(now, limit, exclude)
 
+    def count_by_name(self) -> dict[str, dict[WorkflowStatus, int]]:
+        return self.inner.count_by_name()
+
+    def prune(self, before: datetime, statuses: Collection[WorkflowStatus], batch: int,
+              progress: Callable[[int], None] | None = None) -> int:
+        return self.inner.prune(before, statuses, batch, progress)
+
     def locks(self, keys: Sequence[str] = ()) -> list[LockRecord]:
         return self.inner.locks(keys)
 
