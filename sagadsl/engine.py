@@ -15,31 +15,27 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Collection, Iterable
 
 from sqlalchemy.engine import Engine
 
+from .admission import admit, could_be_stored
 from .clock import Clock, SystemClock
-from .codec import from_json, to_json
 from .definition import SagaDefinition
 from .errors import (
     DefinitionChangedError,
     IdempotencyConflictError,
-    IdempotencyRequiredError,
-    SagaDefinitionError,
     SagaNotFoundError,
-    SerializationError,
     UnknownSagaError,
 )
-from .evolution import reconcile
-from .keys import render_locks
 from .events import EventEmitter, SagaEvents
-from .limits import MAX_CLAIMS_WITHOUT_PROGRESS, MAX_RETRY_COUNT, describe_exception
+from .limits import MAX_RETRY_COUNT, describe_exception
 from .locks import Lock
 from .records import QueryResult, SagaResult, WorkflowRecord
 from .registry import lookup
 from .runtime.executor import SagaExecutor
-from .runtime.stuck import stuck_allowance
-from .runtime.outcomes import cannot_drive_error, goes_backward, is_engine_failure, parked_values, stored_failure
+from .runtime.loops import inline, run_sync
+from .runtime.resume import parked, rebuild, stored_outcome
+from .runtime.outcomes import cannot_drive_error, is_engine_failure
 from .saga import Saga
 from .status import ACTIVE_STATUSES, WorkflowStatus
-from .storage.base import Change, LockRecord, NewStep, NewWorkflow, QueryFilter, Storage, StorageSession
+from .storage.base import Change, LockRecord, NewWorkflow, QueryFilter, Storage, StorageSession
 from .storage.notify import DoneListener
 from .storage.sql import SqlStorage
 
@@ -53,65 +49,12 @@ T = TypeVar("T")
 
 #: The embedded default, used when neither an argument nor $SAGADSL_DATABASE_URL is given.
 DEFAULT_DATABASE_URL = "sqlite:///sagadsl.db"
-_MAX_ID_LENGTH = 255
-_loops = threading.local()
 #: ``wait`` polls the saga after this many seconds, doubling up to ``_WAIT_POLL_MAX``.
 #: On PostgreSQL a notification from the terminal commit wakes it sooner.
 _WAIT_POLL_FIRST = 0.01
 _WAIT_POLL_MAX = 0.5
 #: Sagas ``prune`` deletes per transaction.
 PRUNE_BATCH = 1000
-
-
-def _definition_of(saga_cls: Any) -> SagaDefinition:
-    definition = getattr(saga_cls, "definition", None)
-    if not isinstance(saga_cls, type) or not issubclass(saga_cls, Saga) or definition is None:
-        raise SagaDefinitionError(f"{saga_cls!r} is not a concrete Saga subclass with steps; "
-                                  "pass a class like `class PlaceOrder(Saga[Order])`")
-    assert isinstance(definition, SagaDefinition)
-    return definition
-
-
-def _check_id(value: Any, what: str, saga_cls: type) -> str:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise IdempotencyRequiredError(
-            f"{saga_cls.__name__}: {what} is required and must be a non-empty string, got {value!r}")
-    if not isinstance(value, str):
-        raise TypeError(f"{saga_cls.__name__}: {what} must be a str, got {type(value).__name__}")
-    if len(value) > _MAX_ID_LENGTH:
-        raise IdempotencyRequiredError(f"{saga_cls.__name__}: {what} is {len(value)} characters; at most "
-                                       f"{_MAX_ID_LENGTH} are stored: use a shorter id, or a hash of it")
-    return _storable(value, f"{saga_cls.__name__}: {what}")
-
-
-def _could_be_stored(saga_id: Any) -> bool:
-    if not isinstance(saga_id, str) or len(saga_id) > _MAX_ID_LENGTH or "\x00" in saga_id:
-        return False
-    try:
-        saga_id.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _lock_key(key: str, class_name: str) -> str:
-    if len(key) > _MAX_ID_LENGTH:
-        raise IdempotencyRequiredError(f"{class_name}: the lock key {key[:40]!r}... is {len(key)} characters; "
-                                       f"at most {_MAX_ID_LENGTH} are stored: use shorter input fields")
-    return _storable(key, f"{class_name}: lock key")
-
-
-def _storable(value: str, what: str) -> str:
-    """``value`` if every backend can store it as text; else SerializationError."""
-    if "\x00" in value:
-        raise SerializationError(f"{what} {value!r} contains a NUL character (\\x00), which PostgreSQL "
-                                 "cannot store; remove it")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SerializationError(f"{what} {value!r} contains a lone surrogate, which is not valid "
-                                 "UTF-8 and no database can store; fix how the text was decoded") from None
-    return value
 
 
 class SagaEngine:
@@ -352,52 +295,11 @@ class SagaEngine:
         return await self._drive(None, saga_id, None, None, offload=True)
 
     def _sync(self, coro: Awaitable[T]) -> T:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            if asyncio.iscoroutine(coro):
-                coro.close()
-            raise RuntimeError("SagaEngine.run() was called from a running event loop; "
-                               "use `await engine.run_async(...)` there")
-        loop = getattr(_loops, "loop", None)
-        if loop is None or loop.is_closed():
-            loop = asyncio.new_event_loop()
-            _loops.loop = loop
-        try:
-            return loop.run_until_complete(coro)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                _discard_loop(loop)
-            raise
+        return run_sync(coro)
 
     def _prepare(self, saga_cls: type[Saga[Any]], input: Any, saga_id: Any,
                  idempotency_key: Any) -> tuple[NewWorkflow, Saga[Any]]:
-        definition = _definition_of(saga_cls)
-        _check_id(saga_id, "saga_id", saga_cls)
-        _check_id(idempotency_key, "idempotency_key", saga_cls)
-        where = f"the input of {saga_cls.__name__} (saga {saga_id!r})"
-        input_json = to_json(input, where=where)
-        # The saga sees its input as a resume would: decoded from what is stored.
-        try:
-            decoded = from_json(input_json, definition.input_type, where=where)
-        except SerializationError:
-            raise
-        except Exception as exc:  # a constructor of the input type raised
-            raise SerializationError(f"{where}: decoding it back failed: {describe_exception(exc)}") from exc
-        saga = saga_cls._bind(decoded, saga_id)
-        keys = [_storable(s.render_key(saga), f"{definition.class_name}.{s.name}: step key")
-                for s in definition.steps]
-        locks = tuple(_lock_key(key, definition.class_name) for key in render_locks(definition, saga))
-        now = self.clock.now()
-        new = NewWorkflow(
-            id=saga_id, saga_name=definition.name, input=input_json, idempotency_key=idempotency_key,
-            fingerprint=definition.fingerprint,
-            steps=tuple(NewStep(s.name, s.position, k) for s, k in zip(definition.steps, keys)),
-            now=now, stuck_after=now + stuck_allowance(definition), locks=locks,
-        )
-        return new, saga
+        return admit(saga_cls, input, saga_id, idempotency_key, self.clock.now())
 
     async def _start(self, saga_cls: type[Saga[Any]], input: Any, saga_id: str,
                      idempotency_key: str | None, offload: bool) -> SagaResult:
@@ -418,7 +320,7 @@ class SagaEngine:
 
     async def _drive(self, saga_cls: type[Saga[Any]] | None, saga_id: str, new: NewWorkflow | None,
                      saga: Saga[Any] | None, *, offload: bool) -> SagaResult:
-        db = self._offloaded if offload else _inline
+        db = self._offloaded if offload else inline
         lock_cm = self.lock.acquire(saga_id) if self.lock is not None else contextlib.nullcontext()
         with lock_cm:
             session = self.storage.session(saga_id)
@@ -459,26 +361,7 @@ class SagaEngine:
                                 session: StorageSession, record: WorkflowRecord,
                                 db: Callable[[Callable[[], Any]], Awaitable[Any]]) -> SagaExecutor:
         """Rebuild a stored saga and the executor that resumes it (the first commit included)."""
-        saga_id = record.id
-        if record.claims > MAX_CLAIMS_WITHOUT_PROGRESS:
-            raise _PoisonSagaError(
-                f"{record.claims - 1} executors took it in a row and each stopped before committing "
-                "anything (a step may be killing its process, or running out of memory); it is parked so "
-                "that its effects are not repeated without end", saga_id=saga_id)
-        input_value = from_json(record.input, definition.input_type,
-                                where=f"stored input of saga {saga_id!r} ({record.saga_name})")
-        saga = cls._bind(input_value, saga_id)
-        now = self.clock.now()
-        change = reconcile(definition, record, saga, now)
-        started_at = record.started_at
-        if started_at is None:
-            # A submitted saga's budget starts now, when an executor first takes it.
-            started_at = now
-            change = Change(workflow={**(change.workflow if change else {}), "started_at": now,
-                                      "updated_at": now},
-                            steps=change.steps if change else {},
-                            new_steps=change.new_steps if change else (),
-                            removed_steps=change.removed_steps if change else ())
+        saga, change, started_at = rebuild(cls, definition, record, self.clock.now())
         executor = self._executor(saga, definition, session, record, started_at, db)
         if change is not None:
             await db(lambda: session.write(change))
@@ -486,14 +369,11 @@ class SagaEngine:
 
     async def _park(self, session: StorageSession, record: WorkflowRecord, reason: str, cause: BaseException,
                     db: Callable[[Callable[[], Any]], Awaitable[Any]]) -> None:
-        logger.error("saga %s cannot be resumed; moving it to dead letter: %s", record.id, reason,
-                     exc_info=cause, extra={"saga_id": record.id, "step": None})
-        values = parked_values(backward=goes_backward(record), reason=reason, cause=cause,
-                               now=self.clock.now())
+        values = parked(record, reason, cause, self.clock.now())
         await db(lambda: session.write(Change(workflow=values)))
-        parked = cannot_drive_error(record.id, record.saga_name, reason)
-        parked.__cause__ = cause
-        await EventEmitter(self.events, record.id, record.saga_name).emit("dead_letter", error=parked)
+        error = cannot_drive_error(record.id, record.saga_name, reason)
+        error.__cause__ = cause
+        await EventEmitter(self.events, record.id, record.saga_name).emit("dead_letter", error=error)
 
     def _executor(self, saga: Saga[Any], definition: SagaDefinition, session: StorageSession,
                   record: WorkflowRecord | None, started_at: datetime,
@@ -505,17 +385,7 @@ class SagaEngine:
         )
 
     def _stored_outcome(self, record: WorkflowRecord, definition: SagaDefinition) -> SagaResult:
-        if record.status == WorkflowStatus.COMPLETED:
-            results = {}
-            for step in record.steps:
-                if definition.has_step(step.name):
-                    results[step.name] = from_json(
-                        step.result, definition.step(step.name).return_type(),
-                        where=f"stored result of {definition.class_name}.{step.name} (saga {record.id!r})")
-                else:
-                    results[step.name] = step.result
-            return SagaResult(record.id, record.status, results)
-        raise stored_failure(record)
+        return stored_outcome(record, definition)
 
     async def _offloaded(self, fn: Callable[[], T]) -> T:
         future = asyncio.get_running_loop().run_in_executor(self._db_pool, fn)
@@ -538,7 +408,7 @@ class SagaEngine:
 
     def get(self, saga_id: str) -> WorkflowRecord | None:
         """The stored saga ``saga_id`` with its steps, or None."""
-        if not _could_be_stored(saga_id):
+        if not could_be_stored(saga_id):
             return None  # no backend could have stored it
         return self.storage.get(saga_id)
 
@@ -697,31 +567,6 @@ class SagaEngine:
         return f"SagaEngine({self.storage!r})"
 
 
-def _discard_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Wind down a thread's loop after a KeyboardInterrupt or SystemExit went through it.
-
-    asyncio lets those leave ``run_until_complete`` while the saga's coroutine
-    is still suspended. Cancelling what is left runs its ``finally`` blocks
-    (the storage session closes, releasing the claim) now, instead of in the
-    middle of the next ``run`` on this thread.
-    """
-    _loops.loop = None
-    try:
-        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    except BaseException:
-        logger.warning("could not wind down an interrupted saga cleanly", exc_info=True)
-    finally:
-        loop.close()
-
-
-async def _inline(fn: Callable[[], T]) -> T:
-    return fn()
-
-
 def _nothing() -> None:
     pass
 
@@ -736,11 +581,3 @@ def _pause(delay: float, deadline: float | None, saga_id: str, timeout: float | 
                            "(or waiting for a worker): wait again, or look at it with "
                            f"`saga-admin show {saga_id}`")
     return min(delay, remaining)
-
-
-class _PoisonSagaError(RuntimeError):
-    """A saga whose executors keep dying before they commit anything (the cause of its parking)."""
-
-    def __init__(self, message: str, *, saga_id: str) -> None:
-        super().__init__(message)
-        self.saga_id = saga_id
