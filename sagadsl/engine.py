@@ -11,7 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Collection, Iterable, Literal, TypeVar
+from typing import Any, Awaitable, Callable, Collection, Iterable, Literal, TypeVar
 
 from sqlalchemy.engine import Engine
 
@@ -38,9 +38,8 @@ from .status import ACTIVE_STATUSES, WorkflowStatus
 from .storage.base import Change, LockRecord, NewWorkflow, QueryFilter, Storage, StorageSession
 from .storage.notify import DoneListener
 from .storage.sql import SqlStorage
+from .worker import Worker, WorkerStats
 
-if TYPE_CHECKING:
-    from .worker import WorkerStats
 
 __all__ = ["SagaEngine", "DEFAULT_DATABASE_URL"]
 
@@ -541,8 +540,6 @@ class SagaEngine:
         See :class:`sagadsl.worker.Worker` for what it picks up and the options.
         Saga classes must be imported first, so they are registered.
         """
-        from .worker import Worker
-
         return Worker(self, concurrency=concurrency, poll_interval=poll_interval,
                       stop_when_idle=stop_when_idle,
                       install_signal_handlers=install_signal_handlers).run()

@@ -230,9 +230,11 @@ class SagaExecutor:
                 if self.status[s.name] == StepStatus.PENDING and s.name not in running
                 and all(self.status[d] == StepStatus.COMPLETED for d in s.after)]
 
-    def _has_compensable(self) -> bool:
-        return any(self.status[s.name] == StepStatus.COMPLETED and s.compensation is not None
-                   for s in self.definition.steps)
+    def _to_compensate(self) -> set[str]:
+        """The steps the backward pass must still compensate: the one place that decides it."""
+        return {s.name for s in self.definition.steps
+                if s.compensation is not None
+                and self.status[s.name] in (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED)}
 
     async def _forward(self) -> _Failure | None:
         running: dict[asyncio.Task[AttemptOutcome], StepDefinition] = {}
@@ -409,7 +411,7 @@ class SagaExecutor:
                      extra={"saga_id": self.saga_id, "step": failure.step})
         # A failed early compensation still has to end the saga in dead
         # letter: the backward pass does that.
-        final = not running and not self._has_compensable() and self._early_compensation_failure is None
+        final = not running and not self._to_compensate() and self._early_compensation_failure is None
         workflow: dict[str, Any] = {
             "status": (WorkflowStatus.FAILED if final else WorkflowStatus.COMPENSATING).value,
             "current_step": failure.step, "error_step": failure.step, "error": text,
@@ -433,9 +435,7 @@ class SagaExecutor:
         if self._ended_by_failure:
             return None, None
         descendants = self.definition.descendants
-        todo = {s.name for s in self.definition.steps
-                if s.compensation is not None
-                and self.status[s.name] in (StepStatus.COMPLETED, StepStatus.COMPENSATION_FAILED)}
+        todo = self._to_compensate()
         running: dict[asyncio.Task[AttemptOutcome], str] = {}
         first_error: str | None = None
         first_cause: BaseException | None = None
