@@ -11,7 +11,6 @@ from typing import Any, Callable, Collection, Sequence
 
 from ..errors import (
     InvalidStateError,
-    ResourceLockedError,
     RetryCapExceededError,
     SagaLockedError,
     SagaNotFoundError,
@@ -19,6 +18,7 @@ from ..errors import (
 from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
 from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
 from .base import Change, LockRecord, NewWorkflow, QueryFilter
+from .semantic_locks import resource_locked
 
 __all__ = ["InMemoryStorage"]
 
@@ -142,7 +142,7 @@ class InMemoryStorage:
             for key in new.locks:
                 holders = [saga_id for saga_id, (is_held, _) in self._locks.get(key, {}).items() if is_held]
                 if holders:
-                    raise _resource_locked(new.id, new.saga_name, key, holders[0])
+                    raise resource_locked(new.id, new.saga_name, key, holders[0])
         for key in new.locks:
             self._locks.setdefault(key, {})[new.id] = (held, new.now)
 
@@ -163,7 +163,7 @@ class InMemoryStorage:
     def _take_waiting(self, saga_id: str, saga_name: str) -> None:
         blocker = self._blocker(saga_id)
         if blocker is not None:
-            raise _resource_locked(saga_id, saga_name, blocker[0], blocker[1], waiting=True)
+            raise resource_locked(saga_id, saga_name, blocker[0], blocker[1], waiting=True)
         for key, entries in self._locks.items():
             if saga_id in entries:
                 entries[saga_id] = (True, entries[saga_id][1])
@@ -180,13 +180,6 @@ class InMemoryStorage:
     def __repr__(self) -> str:
         return "InMemoryStorage()"
 
-
-def _resource_locked(saga_id: str, saga_name: str, key: str, holder: str, *,
-                     waiting: bool = False) -> ResourceLockedError:
-    then = ("it waits in pending and a worker starts it when its keys are free" if waiting else
-            "nothing was written; wait for that saga to finish, or submit() to queue this one")
-    return ResourceLockedError(f"saga {saga_id!r} ({saga_name}) cannot start: lock key {key!r} is held by "
-                               f"saga {holder!r}; {then}", saga_id=saga_id, key=key, holder=holder)
 
 
 def _matches(v: dict[str, Any], flt: QueryFilter) -> bool:

@@ -163,8 +163,8 @@ class SqlStorage:
         stmt = select(locks_table).order_by(c.key, c.held.desc(), c.requested_at, c.workflow_id)
         if keys:
             stmt = stmt.where(c.key.in_(list(keys)))
-        with self.engine.connect() as conn:
-            return [LockRecord(r.key, r.workflow_id, bool(r.held), r.requested_at) for r in conn.execute(stmt)]
+        return _read(self.engine, "reading semantic locks", lambda conn: [
+            LockRecord(r.key, r.workflow_id, bool(r.held), r.requested_at) for r in conn.execute(stmt)])
 
     def lock_key(self, saga_id: str) -> int:
         """The PostgreSQL advisory lock key that claims ``saga_id`` in this storage."""
