@@ -24,6 +24,7 @@ from .errors import (
     ResourceLockedError,
     RetryCapExceededError,
     SagaDefinitionError,
+    SagaCancelledError,
     SagaError,
     SagaFailedError,
     SagaLockedError,
@@ -62,7 +63,7 @@ __all__ = [
     "MAX_EXECUTION_DURATION", "MAX_RETRY_COUNT", "MAX_ERROR_LENGTH", "truncate_error",
     # errors
     "SagaError", "SagaDefinitionError", "IdempotencyRequiredError", "IdempotencyConflictError",
-    "SagaFailedError", "CompensationFailedError", "DeadLetterError", "RetryCapExceededError",
+    "SagaFailedError", "SagaCancelledError", "CompensationFailedError", "DeadLetterError", "RetryCapExceededError",
     "ExecutionTimeoutError", "StepTimeoutError", "SagaLockedError", "SerializationError",
     "UnknownSagaError", "SagaNotFoundError", "InvalidStateError", "DefinitionChangedError",
     "SchemaOutOfDateError", "StorageError", "ResourceLockedError",

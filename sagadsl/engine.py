@@ -25,7 +25,7 @@ from .errors import (
     UnknownSagaError,
 )
 from .events import EventEmitter, SagaEvents
-from .limits import MAX_RETRY_COUNT, describe_exception
+from .limits import MAX_RETRY_COUNT, describe_exception, truncate_error
 from .locks import Lock
 from .records import QueryResult, SagaResult, WorkflowRecord
 from .registry import lookup
@@ -35,7 +35,7 @@ from .runtime.resume import parked, rebuild, stored_outcome
 from .runtime.outcomes import cannot_drive_error, is_engine_failure
 from .saga import Saga
 from .status import ACTIVE_STATUSES, WorkflowStatus
-from .storage.base import Change, LockRecord, NewWorkflow, QueryFilter, Storage, StorageSession
+from .storage.base import CancelOutcome, Change, LockRecord, NewWorkflow, QueryFilter, Storage, StorageSession
 from .storage.notify import DoneListener
 from .storage.sql import SqlStorage
 from .worker import Worker, WorkerStats
@@ -44,6 +44,9 @@ from .worker import Worker, WorkerStats
 __all__ = ["SagaEngine", "DEFAULT_DATABASE_URL"]
 
 logger = logging.getLogger("sagadsl.engine")
+
+#: What :meth:`SagaEngine.prune` deletes unless told otherwise: sagas that ended and need no one.
+PRUNED_BY_DEFAULT = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED)
 T = TypeVar("T")
 
 #: The embedded default, used when neither an argument nor $SAGADSL_DATABASE_URL is given.
@@ -480,7 +483,7 @@ class SagaEngine:
         return self.storage.count_by_name()
 
     def prune(self, older_than: timedelta,
-              statuses: Collection[WorkflowStatus | str] = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED),
+              statuses: Collection[WorkflowStatus | str] = PRUNED_BY_DEFAULT,
               *, batch: int = PRUNE_BATCH, progress: Callable[[int], None] | None = None) -> int:
         """Delete finished sagas last updated more than ``older_than`` ago, with their steps.
 
@@ -526,6 +529,42 @@ class SagaEngine:
             RetryCapExceededError: it was already retried ``MAX_RETRY_COUNT`` times.
         """
         return self.storage.retry(saga_id, self.clock.now(), MAX_RETRY_COUNT)
+
+    def cancel(self, saga_id: str, reason: str) -> CancelOutcome:
+        """Cancel a saga that has not passed its pivot: it is compensated and ends ``cancelled``.
+
+        A saga that waits for a worker (submitted, not started) ends at
+        once. A running one is noticed by its executor at its next commit,
+        on whichever machine it runs, or by a worker if its executor died: a
+        step in flight finishes and its result is committed, then every
+        completed step is compensated (a failing compensation sends it to
+        dead letter, as usual). This call does not wait for that; use
+        :meth:`wait`, which then raises :class:`SagaCancelledError`.
+
+        A cancel and the saga's own completion are ordered by the database:
+        if the saga completed first, this raises; if the cancel came first,
+        the saga ends ``cancelled``. Never both.
+
+        Returns:
+            ``"cancelled"`` if the saga ended in this call, ``"requested"`` if
+            its executor will compensate it (also when it was already asked).
+
+        Raises:
+            SagaNotFoundError: no saga has this id.
+            InvalidStateError: it has ended, is being compensated after a
+                failure, or has started or passed its pivot step.
+            ValueError: ``reason`` is empty.
+        """
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        if not reason.strip():
+            raise ValueError(f"cancelling saga {saga_id!r} needs a reason: say why, for the people who "
+                             "will read it later (saga-admin show prints it)")
+        if not could_be_stored(saga_id):
+            raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=str(saga_id))
+        outcome = self.storage.cancel(saga_id, truncate_error(reason), self.clock.now())
+        logger.info("saga %s: cancel %s (%s)", saga_id, outcome, reason, extra={"saga_id": saga_id, "step": None})
+        return outcome
 
     def run_worker(
         self,

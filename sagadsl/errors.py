@@ -13,6 +13,7 @@ __all__ = [
     "IdempotencyRequiredError",
     "IdempotencyConflictError",
     "SagaFailedError",
+    "SagaCancelledError",
     "CompensationFailedError",
     "DeadLetterError",
     "RetryCapExceededError",
@@ -86,6 +87,20 @@ class SagaFailedError(SagaError):
         super().__init__(message, saga_id=saga_id)
         self.step_name = step_name
         self.error = error
+
+
+class SagaCancelledError(SagaFailedError):
+    """The saga was cancelled (``engine.cancel``) and every completed step was compensated.
+
+    Attributes:
+        reason: The reason given to ``cancel``.
+    """
+
+    code = "SAGA_CANCELLED"
+
+    def __init__(self, message: str, *, saga_id: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message, saga_id=saga_id)
+        self.reason = reason
 
 
 class CompensationFailedError(SagaError):

@@ -14,7 +14,7 @@ logger = logging.getLogger("sagadsl.events")
 #: What can happen to a saga: each kind is the name of a :class:`SagaEvents`
 #: callback without its ``on_`` prefix.
 EventKind = Literal[
-    "saga_start", "saga_complete", "saga_failed", "dead_letter",
+    "saga_start", "saga_complete", "saga_failed", "saga_cancelled", "dead_letter",
     "step_start", "step_complete", "step_failed", "step_retry", "step_skipped", "step_timeout",
     "compensation_start", "compensation_complete", "compensation_failed", "compensation_retry",
     "compensation_timeout",
@@ -32,12 +32,12 @@ class SagaEvent:
         step: The step's name, or None for saga-level events.
         result: The step's result (``step_complete``, ``saga_complete``).
         error: The exception, for failure, retry and timeout events. For
-            ``saga_failed`` and ``dead_letter`` it is the error ``run``
-            raises: its ``step_name`` names the failing step and its
+            ``saga_failed``, ``saga_cancelled`` and ``dead_letter`` it is the
+            error ``run`` raises: its ``step_name`` names the failing step and its
             ``__cause__`` is that step's (or compensation's) exception.
         attempt: The 1-based attempt of a step or compensation.
         duration: Seconds the attempt took; for ``saga_complete``,
-            ``saga_failed`` and ``dead_letter``, seconds this execution of
+            ``saga_failed``, ``saga_cancelled`` and ``dead_letter``, seconds this execution of
             the saga took (a resume counts from the resume).
         idempotency_key: The step's idempotency key (``self.step_key``), for
             step and compensation attempt events.
@@ -71,6 +71,8 @@ class SagaEvents:
     on_saga_start: EventHandler | None = None
     on_saga_complete: EventHandler | None = None
     on_saga_failed: EventHandler | None = None
+    #: Fired once, by the executor that ends a cancelled saga (instead of ``on_saga_failed``).
+    on_saga_cancelled: EventHandler | None = None
     on_step_start: EventHandler | None = None
     on_step_complete: EventHandler | None = None
     on_step_failed: EventHandler | None = None

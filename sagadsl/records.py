@@ -81,6 +81,11 @@ class WorkflowRecord:
     locks: tuple[str, ...] = ()
     #: A submitted saga that no worker takes before this time (None: at once).
     start_after: datetime | None = None
+    #: Set by ``engine.cancel``: the reason given. A saga with one and not
+    #: yet ``cancelled`` is being compensated (or will be, at its next commit).
+    cancel_reason: str | None = None
+    #: The pivot step has started: from then on the saga cannot be cancelled.
+    pivot_started: bool = False
 
     def step(self, name: str) -> StepRecord | None:
         """The step called ``name``, or None."""

@@ -11,6 +11,7 @@ class WorkflowStatus(str, Enum):
     """Where a saga is in its life.
 
     ``pending`` → ``completed``; ``pending`` → ``compensating`` → ``failed``;
+    ``pending`` → (``compensating`` →) ``cancelled`` after ``engine.cancel``;
     any → ``dead_letter``; ``dead_letter`` → ``pending`` only through a retry.
     """
 
@@ -19,6 +20,7 @@ class WorkflowStatus(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     DEAD_LETTER = "dead_letter"
+    CANCELLED = "cancelled"
 
     def __str__(self) -> str:
         return self.value
@@ -26,7 +28,8 @@ class WorkflowStatus(str, Enum):
     @property
     def is_terminal(self) -> bool:
         """True for statuses that no executor moves on from by itself."""
-        return self in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER)
+        return self in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTER,
+                        WorkflowStatus.CANCELLED)
 
 
 class StepStatus(str, Enum):

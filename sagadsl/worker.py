@@ -24,6 +24,7 @@ from .errors import (
     CompensationFailedError,
     DeadLetterError,
     ResourceLockedError,
+    SagaCancelledError,
     SagaFailedError,
     SagaLockedError,
     SagaNotFoundError,
@@ -51,6 +52,8 @@ class WorkerStats:
     claimed: int = 0
     completed: int = 0
     failed: int = 0
+    #: Sagas this worker compensated after ``engine.cancel`` (not counted in ``failed``).
+    cancelled: int = 0
     dead_lettered: int = 0
     locked: int = 0
     #: Looks at submitted sagas whose semantic lock keys were not free yet.
@@ -62,7 +65,7 @@ class WorkerStats:
     @property
     def finished(self) -> int:
         """Sagas this worker drove to a terminal status."""
-        return self.completed + self.failed + self.dead_lettered
+        return self.completed + self.failed + self.cancelled + self.dead_lettered
 
 
 class Worker:
@@ -176,7 +179,7 @@ class Worker:
                 self._in_flight.pop(saga_id, None)
         with self._guard:
             setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
-            if outcome in ("completed", "failed", "dead_lettered"):
+            if outcome in ("completed", "failed", "cancelled", "dead_lettered"):
                 self.stats.claimed += 1
                 self._quarantine.pop(saga_id, None)
 
@@ -193,6 +196,8 @@ class Worker:
             with self._guard:
                 self._quarantine[saga_id] = (time.monotonic() + self.poll_interval, self.poll_interval)
             return "waiting"
+        except SagaCancelledError:
+            return "cancelled"
         except SagaFailedError:
             return "failed"
         except (CompensationFailedError, DeadLetterError):

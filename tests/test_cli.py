@@ -222,7 +222,8 @@ def test_list_json_document(db: Db) -> None:
                               "like 30m, 1h, 2d nor an ISO 8601 time like 2026-11-29 or "
                               "2026-11-29T06:30:00Z (see 'saga-admin list --help')")),
     ("--status", "done", ("Error: Invalid value for '-s' / '--status': 'done' is not one of 'pending', "
-                          "'compensating', 'completed', 'failed', 'dead_letter'. "
+                          "'compensating', 'completed', 'failed', 'dead_letter', "
+                          "'cancelled'. "
                           "(see 'saga-admin list --help')")),
     ("--limit", "-1", ("Error: Invalid value for '--limit': -1 is not in the range x>=0. "
                        "(see 'saga-admin list --help')")),
@@ -483,7 +484,7 @@ def test_query_rejects_an_unknown_order(engine: SagaEngine) -> None:
 def test_stats_json_document(db: Db) -> None:
     doc = json.loads(run(*db.options, "stats", "-o", "json").stdout)
     assert doc["by_status"] == {"pending": 1, "compensating": 0, "completed": 1, "failed": 1,
-                                "dead_letter": 1}
+                                "dead_letter": 1, "cancelled": 0}
     assert doc["total"] == 4 and doc["stuck"] == 1 and doc["dead_letter"] == 1
     assert doc["oldest_pending"]["id"] == "ship-waiting"
     assert 7100 < doc["oldest_pending"]["age_seconds"] < 7300

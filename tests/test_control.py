@@ -445,9 +445,10 @@ def test_stats_by_name_prints_a_row_per_saga_name(cli_db: list[str]) -> None:
     result = saga_admin(*cli_db, "stats", "--by-name")
     assert result.exit_code == 0, result.output
     lines = [line.split() for line in result.stdout.splitlines() if line.strip()]
-    assert lines[0] == ["SAGA", "PENDING", "COMPENSATING", "COMPLETED", "FAILED", "DEAD_LETTER", "TOTAL"]
-    assert ["tests.control.booking", "1", "0", "4", "1", "1", "7"] in lines
-    assert ["tests.control.gated", "1", "0", "0", "0", "0", "1"] in lines
+    assert lines[0] == ["SAGA", "PENDING", "COMPENSATING", "COMPLETED", "FAILED", "DEAD_LETTER", "CANCELLED",
+                        "TOTAL"]
+    assert ["tests.control.booking", "1", "0", "4", "1", "1", "0", "7"] in lines
+    assert ["tests.control.gated", "1", "0", "0", "0", "0", "0", "1"] in lines
 
 
 def test_stats_by_name_as_json(cli_db: list[str]) -> None:
@@ -455,9 +456,9 @@ def test_stats_by_name_as_json(cli_db: list[str]) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"by_name": {
         "tests.control.booking": {"pending": 1, "compensating": 0, "completed": 4, "failed": 1,
-                                  "dead_letter": 1},
+                                  "dead_letter": 1, "cancelled": 0},
         "tests.control.gated": {"pending": 1, "compensating": 0, "completed": 0, "failed": 0,
-                                "dead_letter": 0}}}
+                                "dead_letter": 0, "cancelled": 0}}}
 
 
 def test_stats_by_name_refuses_watch(cli_db: list[str]) -> None:
@@ -469,7 +470,7 @@ def test_stats_by_name_refuses_watch(cli_db: list[str]) -> None:
 def test_prune_dry_run_only_counts(cli_db: list[str]) -> None:
     result = saga_admin(*cli_db, "prune", "--older-than", "30d", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("would delete 4 completed/failed sagas last updated before ")
+    assert result.stdout.startswith("would delete 4 completed/failed/cancelled sagas last updated before ")
     assert result.stdout.endswith(" (dry run)\n")
     again = saga_admin(*cli_db, "stats", "-o", "json")
     assert json.loads(again.stdout)["total"] == 8
@@ -479,10 +480,10 @@ def test_prune_deletes_old_finished_sagas_in_batches(cli_db: list[str]) -> None:
     result = saga_admin(*cli_db, "prune", "--older-than", "30d", "--batch", "2", "-o", "json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["deleted"] == out["matching"] == 4 and out["statuses"] == ["completed", "failed"]
+    assert out["deleted"] == out["matching"] == 4 and out["statuses"] == ["completed", "failed", "cancelled"]
     stats = json.loads(saga_admin(*cli_db, "stats", "-o", "json").stdout)
     assert stats["by_status"] == {"pending": 2, "compensating": 0, "completed": 1, "failed": 0,
-                                  "dead_letter": 1}
+                                  "dead_letter": 1, "cancelled": 0}
 
 
 def test_prune_deletes_dead_letter_when_named(cli_db: list[str]) -> None:

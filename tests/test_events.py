@@ -82,7 +82,7 @@ def observed(storage: Storage, clock: FakeClock, recorder: Recorder) -> SagaEngi
 
 def test_every_callback_is_a_field_of_saga_events() -> None:
     assert [f.name for f in fields(SagaEvents)] == [
-        "on_saga_start", "on_saga_complete", "on_saga_failed", "on_step_start", "on_step_complete",
+        "on_saga_start", "on_saga_complete", "on_saga_failed", "on_saga_cancelled", "on_step_start", "on_step_complete",
         "on_step_failed", "on_step_retry", "on_step_skipped", "on_step_timeout",
         "on_compensation_start", "on_compensation_complete", "on_compensation_failed",
         "on_compensation_retry", "on_compensation_timeout", "on_dead_letter"]

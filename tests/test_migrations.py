@@ -30,7 +30,7 @@ from sagadsl.storage.schema import (
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {"sagadsl_workflows", "sagadsl_steps", "sagadsl_status_counts", "sagadsl_locks"}
-HEAD = "sagadsl_0005"
+HEAD = "sagadsl_0006"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -152,6 +152,7 @@ class TestAlembicCommandLine:
         assert "Running upgrade sagadsl_0002 -> sagadsl_0003" in done.stderr
         assert "Running upgrade sagadsl_0003 -> sagadsl_0004" in done.stderr
         assert "Running upgrade sagadsl_0004 -> sagadsl_0005" in done.stderr
+        assert "Running upgrade sagadsl_0005 -> sagadsl_0006" in done.stderr
         engine = create_engine(url)
         try:
             assert _revision(engine, None) == HEAD

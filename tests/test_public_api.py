@@ -84,7 +84,7 @@ def test_statuses_are_string_enums() -> None:
     assert status == "completed"
     assert f"{WorkflowStatus.DEAD_LETTER}" == "dead_letter"
     assert [s.value for s in WorkflowStatus] == ["pending", "compensating", "completed", "failed",
-                                                 "dead_letter"]
+                                                 "dead_letter", "cancelled"]
     assert [s.value for s in StepStatus] == ["pending", "completed", "failed", "compensated",
                                              "compensation_failed"]
     assert isinstance(StepStatus.COMPENSATED, str)

@@ -11,7 +11,7 @@ one import line here.
 
 from __future__ import annotations
 
-from . import db, inspect, locks, operate, prune, serve, stats  # noqa: F401  (each registers its commands on `cli`)
+from . import cancel, db, inspect, locks, operate, prune, serve, stats  # noqa: F401  (each registers its commands on `cli`)
 from .app import cli
 
 __all__ = ["cli", "main"]

@@ -96,6 +96,9 @@ def _print_detail(record: WorkflowRecord, now: datetime) -> None:
         ("position", render.position_text(record)),
         *([("past pivot", "yes: it only goes forward; nothing is compensated")] if record.past_pivot else []),
         *([("locks", ", ".join(record.locks))] if record.locks else []),
+        *([("cancelled", record.cancel_reason + ("" if record.status.is_terminal else
+                                                 " (requested; its executor compensates it)"))]
+          if record.cancel_reason is not None else []),
         ("created", f"{render.clock_text(record.created_at)} UTC ({render.ago(record.created_at, now)})"),
         ("updated", f"{render.clock_text(record.updated_at)} UTC ({render.ago(record.updated_at, now)})"),
     ]

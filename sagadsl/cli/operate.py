@@ -15,6 +15,7 @@ from ..errors import (
     DeadLetterError,
     InvalidStateError,
     RetryCapExceededError,
+    SagaCancelledError,
     SagaFailedError,
     SagaNotFoundError,
 )
@@ -128,6 +129,8 @@ def _drive(settings: Settings, saga_id: str) -> dict[str, Any]:
         with database_errors(settings), _outcomes_reported_here():
             try:
                 result = engine.resume(saga_id)
+            except SagaCancelledError as exc:
+                return {"status": "cancelled", "detail": str(exc)}
             except SagaFailedError as exc:
                 return {"status": "failed", "detail": str(exc)}
             except (CompensationFailedError, DeadLetterError) as exc:

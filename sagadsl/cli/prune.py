@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..engine import PRUNE_BATCH
+from ..engine import PRUNE_BATCH, PRUNED_BY_DEFAULT
 from ..status import ACTIVE_STATUSES, WorkflowStatus
 from . import render
 from .app import cli, database_errors, settings_of
@@ -23,7 +23,7 @@ _PRUNABLE = [s.value for s in WorkflowStatus if s not in ACTIVE_STATUSES]
 @click.option("--older-than", type=Duration(), required=True,
               help="Delete sagas last updated longer ago than this: 12h, 30d, 2w.")
 @click.option("-s", "--status", "statuses", type=click.Choice(_PRUNABLE), multiple=True,
-              help="Statuses to delete (repeatable; default: completed and failed). Dead-letter sagas "
+              help="Statuses to delete (repeatable; default: completed, failed and cancelled). Dead-letter sagas "
                    "go only when named.")
 @click.option("--batch", type=click.IntRange(min=1), default=PRUNE_BATCH, show_default=True, metavar="N",
               help="Sagas deleted per transaction.")
@@ -45,7 +45,7 @@ def prune_command(ctx: click.Context, older_than: timedelta, statuses: tuple[str
     """
     settings = settings_of(ctx)
     engine = settings.engine()
-    chosen = tuple(WorkflowStatus(s) for s in statuses) or (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED)
+    chosen = tuple(WorkflowStatus(s) for s in statuses) or PRUNED_BY_DEFAULT
     before = engine.clock.now() - older_than
     with database_errors(settings):
         matching = engine.query(chosen, updated_before=before, limit=0).total

@@ -206,7 +206,7 @@ def position_json(record: WorkflowRecord) -> dict[str, Any]:
     names = [s.name for s in record.steps]
     reached = reached_step(record)
     index = reached.position + 1 if reached is not None else None
-    if record.status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED):
+    if record.status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED):
         phase = "finished"
     elif record.status == WorkflowStatus.DEAD_LETTER:
         phase = "stopped"
@@ -256,6 +256,7 @@ def detail_json(record: WorkflowRecord, now: datetime) -> dict[str, Any]:
         "deadline": iso(deadline_of(record)),
         "stuck": is_stuck(record, now),
         "past_pivot": record.past_pivot,
+        "cancel_reason": record.cancel_reason,
         "locks": list(record.locks),
         "position": position_json(record),
         "steps": [

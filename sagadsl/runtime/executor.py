@@ -34,6 +34,8 @@ from .attempts import (
     call_with_retries,
 )
 from .outcomes import (
+    cancel_dead_letter_error,
+    cancelled_error,
     cannot_drive_error,
     dead_letter_error,
     failed_error,
@@ -49,10 +51,16 @@ __all__ = ["SagaExecutor"]
 logger = logging.getLogger("sagadsl.executor")
 T = TypeVar("T")
 
-@dataclass
+@dataclass(frozen=True)
 class _Failure:
-    step: str
-    error: Exception
+    """Why the saga stops going forward: a step's error, or (both None) a cancel."""
+
+    step: str | None
+    error: Exception | None
+
+
+#: The forward pass stops because the saga was cancelled.
+_CANCELLED = _Failure(None, None)
 
 
 class SagaExecutor:
@@ -99,6 +107,10 @@ class SagaExecutor:
         self.backward = False
         #: The pivot's completion is committed: from here on, only forward.
         self.past_pivot = False
+        #: The commit before the pivot step started landed: no cancel from here on.
+        self.pivot_started = False
+        #: The reason of a cancel, as the saga's commits return it: it is compensated and ends ``cancelled``.
+        self.cancel_reason: str | None = None
         #: Past the pivot, the first failing step's row values, written with the parking commit.
         self._parked_step_values: dict[str, Any] = {}
         #: The failure commit already ended the saga (nothing to compensate).
@@ -135,6 +147,8 @@ class SagaExecutor:
             self.error_text = record.error.error
         self.backward = goes_backward(record)
         self.past_pivot = record.past_pivot
+        self.pivot_started = record.pivot_started
+        self.cancel_reason = record.cancel_reason
         if self.past_pivot:
             # Resumed forward after a retry: a step that failed past the pivot runs again.
             for name, status in self.status.items():
@@ -143,15 +157,27 @@ class SagaExecutor:
 
     # -- commits ----------------------------------------------------------------
 
-    async def _write(self, workflow: dict[str, Any], steps: dict[str, dict[str, Any]] | None = None) -> None:
+    async def _write(self, workflow: dict[str, Any], steps: dict[str, dict[str, Any]] | None = None, *,
+                     unless_cancelled: bool = False) -> None:
+        """Commit a change; note a cancel its commit reports.
+
+        With ``unless_cancelled`` (a commit that completes or fails the saga,
+        or starts its pivot) a cancel requested first keeps the saga row's
+        status and pivot flags as they were: the caller checks
+        ``self.cancel_reason`` afterwards.
+        """
         now = workflow.setdefault("updated_at", self.clock.now())
         if workflow.get("status") in (None, WorkflowStatus.PENDING.value, WorkflowStatus.COMPENSATING.value):
             workflow.setdefault("stuck_after", now + self.allowance)
         if self._claims_to_reset:
             workflow["claims"] = 0
             self._claims_to_reset = False
-        change = Change(workflow=workflow, steps=steps or {})
-        await self._db(lambda: self.session.write(change))
+        change = Change(workflow=workflow, steps=steps or {}, unless_cancelled=unless_cancelled)
+        reason = await self._db(lambda: self.session.write(change))
+        if reason is not None and self.cancel_reason is None:
+            logger.info("saga %s was cancelled (%s); compensating it", self.saga_id, reason,
+                        extra={"saga_id": self.saga_id, "step": None})
+            self.cancel_reason = reason
 
     # -- entry point ------------------------------------------------------------
 
@@ -200,13 +226,16 @@ class SagaExecutor:
                                         duration=time.perf_counter() - self._t0)
                 logger.debug("saga %s completed", self.saga_id, extra={"saga_id": self.saga_id, "step": None})
                 return SagaResult(self.saga_id, WorkflowStatus.COMPLETED, dict(self.results))
-            self.error_step = failure.step
-            self.error_text = describe_exception(failure.error)
             cause: BaseException | None = failure.error
+            if failure.error is not None:
+                self.error_step = failure.step
+                self.error_text = describe_exception(failure.error)
         else:
             cause = None
         comp_error, comp_cause = await self._backward()
         duration = time.perf_counter() - self._t0
+        if self.cancel_reason is not None:
+            await self._end_cancelled(comp_error, comp_cause, duration)
         if comp_error is None:
             failed = failed_error(self.saga_id, self.definition.name, self.error_step, self.error_text)
             failed.__cause__ = cause
@@ -220,6 +249,23 @@ class SagaExecutor:
         dead.__cause__ = comp_cause
         await self.emitter.emit("dead_letter", error=dead, duration=duration)
         logger.warning("saga %s moved to dead letter: %s", self.saga_id, comp_error,
+                       extra={"saga_id": self.saga_id, "step": None})
+        raise dead
+
+    async def _end_cancelled(self, comp_error: str | None, comp_cause: BaseException | None,
+                             duration: float) -> None:
+        """Raise how a cancelled saga ended: ``cancelled``, or dead letter if a compensation failed."""
+        assert self.cancel_reason is not None
+        if comp_error is None:
+            cancelled = cancelled_error(self.saga_id, self.definition.name, self.cancel_reason)
+            await self.emitter.emit("saga_cancelled", error=cancelled, duration=duration)
+            logger.info("saga %s was cancelled; every completed step was compensated", self.saga_id,
+                        extra={"saga_id": self.saga_id, "step": None})
+            raise cancelled
+        dead = cancel_dead_letter_error(self.saga_id, self.definition.name, self.cancel_reason, comp_error)
+        dead.__cause__ = comp_cause
+        await self.emitter.emit("dead_letter", error=dead, duration=duration)
+        logger.warning("saga %s moved to dead letter while being cancelled: %s", self.saga_id, comp_error,
                        extra={"saga_id": self.saga_id, "step": None})
         raise dead
 
@@ -242,6 +288,8 @@ class SagaExecutor:
         try:
             while True:
                 ready: list[StepDefinition] = []
+                if failure is None and self.cancel_reason is not None:
+                    failure = _CANCELLED  # the steps still running settle; nothing new starts
                 if failure is None:
                     for s in self._ready({r.name for r in running.values()}):
                         remaining = self.budget.remaining(self.clock)
@@ -250,6 +298,15 @@ class SagaExecutor:
                             if not self.past_pivot:  # past it, the parking commit records it
                                 await self._record_failure(failure, attempts=0, running=bool(running or ready))
                             break
+                        if s.name == self.definition.pivot and not self.pivot_started:
+                            # A commit before the point of no return orders it
+                            # against a cancel: one that came first stops the
+                            # saga here; any later one is refused.
+                            await self._write({"pivot_started": True}, unless_cancelled=True)
+                            if self.cancel_reason is not None:
+                                failure = _CANCELLED
+                                break
+                            self.pivot_started = True
                         ready.append(s)
                 if failure is None and len(ready) == 1 and not running:
                     # The next step of a chain runs alone: awaited in place,
@@ -263,7 +320,10 @@ class SagaExecutor:
                     if failure is None and not self._completion_written:
                         # A resume that found nothing left to run (its remaining
                         # steps were removed from the class) still ends the saga.
-                        await self._write({"status": WorkflowStatus.COMPLETED.value, "stuck_after": None})
+                        await self._write({"status": WorkflowStatus.COMPLETED.value, "stuck_after": None},
+                                          unless_cancelled=True)
+                        if self.cancel_reason is not None:
+                            return _CANCELLED
                     return failure
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(done, key=lambda t: running[t].position):
@@ -370,13 +430,14 @@ class SagaExecutor:
             workflow["past_pivot"] = True
             self.past_pivot = True
         if complete:
-            self._completion_written = True
             # The last step and the saga's completion share one commit.
             workflow.update(status=WorkflowStatus.COMPLETED.value, stuck_after=None)
         await self._write(workflow, {s.name: {
             "status": StepStatus.COMPLETED.value, "result": encoded, "attempts": outcome.attempts,
             "started_at": outcome.started_at, "finished_at": outcome.finished_at, "error": None,
-        }})
+        }}, unless_cancelled=complete)
+        # A cancel that came first kept the saga going: it is compensated, this step too.
+        self._completion_written = complete and self.cancel_reason is None
         logger.debug("saga %s step %s completed", self.saga_id, s.name,
                      extra={"saga_id": self.saga_id, "step": s.name})
 
@@ -387,6 +448,7 @@ class SagaExecutor:
 
     async def _park_past_pivot(self, failure: _Failure) -> None:
         """Past the pivot a step could not be completed: dead letter, nothing compensated, then raise."""
+        assert failure.step is not None and failure.error is not None
         now = self.clock.now()
         text = describe_exception(failure.error)
         workflow: dict[str, Any] = {
@@ -405,13 +467,15 @@ class SagaExecutor:
     async def _record_failure(self, failure: _Failure, *, attempts: int, running: bool,
                               outcome: AttemptOutcome | None = None,
                               step_values: dict[str, Any] | None = None) -> None:
+        assert failure.step is not None and failure.error is not None
         now = self.clock.now()
         text = describe_exception(failure.error)
         logger.error("saga %s step %s failed: %s", self.saga_id, failure.step, text, exc_info=failure.error,
                      extra={"saga_id": self.saga_id, "step": failure.step})
         # A failed early compensation still has to end the saga in dead
         # letter: the backward pass does that.
-        final = not running and not self._to_compensate() and self._early_compensation_failure is None
+        final = (not running and not self._to_compensate() and self._early_compensation_failure is None
+                 and self.cancel_reason is None)
         workflow: dict[str, Any] = {
             "status": (WorkflowStatus.FAILED if final else WorkflowStatus.COMPENSATING).value,
             "current_step": failure.step, "error_step": failure.step, "error": text,
@@ -424,9 +488,10 @@ class SagaExecutor:
         if outcome is not None:
             steps[failure.step] = step_values if step_values is not None else self._failed_step_values(outcome)
             self.status[failure.step] = StepStatus.FAILED
-        await self._write(workflow, steps)
+        await self._write(workflow, steps, unless_cancelled=final)
         self.backward = True
-        self._ended_by_failure = final
+        # A cancel that came first kept the saga pending: the backward pass ends it ``cancelled``.
+        self._ended_by_failure = final and self.cancel_reason is None
 
     # -- backward -----------------------------------------------------------------
 
@@ -449,7 +514,7 @@ class SagaExecutor:
                                    "compensation_error": first_error,
                                    "compensation_traceback": format_traceback(first_cause)})
                 return first_error, first_cause
-            await self._write({"status": WorkflowStatus.FAILED.value, "stuck_after": None})
+            await self._write({"status": self._unwound().value, "stuck_after": None})
             return None, None
         try:
             while todo or running:
@@ -488,7 +553,7 @@ class SagaExecutor:
                             workflow["compensation_error"] = first_error
                             workflow["compensation_traceback"] = format_traceback(outcome.error)
                     if last:
-                        final = WorkflowStatus.DEAD_LETTER if failed_any else WorkflowStatus.FAILED
+                        final = WorkflowStatus.DEAD_LETTER if failed_any else self._unwound()
                         workflow.update(status=final.value, stuck_after=None)
                         if not failed_any:
                             # A retry that compensated everything clears the old
@@ -509,6 +574,10 @@ class SagaExecutor:
         finally:
             await _cancel(running)
         return first_error, first_cause
+
+    def _unwound(self) -> WorkflowStatus:
+        """The status of a saga whose every completed step was compensated."""
+        return WorkflowStatus.CANCELLED if self.cancel_reason is not None else WorkflowStatus.FAILED
 
     async def _compensate(self, name: str, *, result: Any = None) -> AttemptOutcome:
         s = self.definition.step(name)

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import (
     CompensationFailedError,
     DeadLetterError,
+    SagaCancelledError,
     SagaError,
     SagaFailedError,
     SagaLockedError,
@@ -21,7 +22,7 @@ from ..limits import format_traceback, truncate_error
 from ..records import WorkflowRecord
 from ..status import WorkflowStatus
 
-__all__ = ["failed_error", "dead_letter_error", "past_pivot_error", "cannot_drive_error", "stored_failure", "goes_backward",
+__all__ = ["failed_error", "cancelled_error", "cancel_dead_letter_error", "dead_letter_error", "past_pivot_error", "cannot_drive_error", "stored_failure", "goes_backward",
            "parked_values", "is_engine_failure"]
 
 
@@ -31,6 +32,22 @@ def failed_error(saga_id: str, saga_name: str, step: str | None, error: str | No
     verb = "already failed" if already else "failed"
     return SagaFailedError(f"saga {saga_id!r} ({saga_name}) {verb} at step {step!r}: {error}; every "
                            "completed step was compensated", saga_id=saga_id, step_name=step, error=error)
+
+
+def cancelled_error(saga_id: str, saga_name: str, reason: str, *, already: bool = False) -> SagaCancelledError:
+    """The saga was cancelled and every completed step was compensated."""
+    verb = "was already cancelled" if already else "was cancelled"
+    return SagaCancelledError(f"saga {saga_id!r} ({saga_name}) {verb} ({reason}); every completed step was "
+                              "compensated", saga_id=saga_id, reason=reason)
+
+
+def cancel_dead_letter_error(saga_id: str, saga_name: str, reason: str,
+                             compensation_error: str | None) -> CompensationFailedError:
+    """The saga was cancelled and a compensation failed: the saga is in dead letter."""
+    return CompensationFailedError(
+        f"saga {saga_id!r} ({saga_name}) is in dead letter: it was cancelled ({reason}) and a compensation "
+        f"failed ({compensation_error}); fix the cause, then `saga-admin retry {saga_id}` to finish "
+        "cancelling it", saga_id=saga_id, compensation_error=compensation_error)
 
 
 def dead_letter_error(saga_id: str, saga_name: str, step: str | None, error: str | None,
@@ -58,10 +75,16 @@ def cannot_drive_error(saga_id: str, saga_name: str, reason: str) -> DeadLetterE
 
 
 def stored_failure(record: WorkflowRecord) -> SagaError:
-    """What running a saga that already ended ``failed`` or ``dead_letter`` raises."""
+    """What running a saga that already ended ``failed``, ``cancelled`` or ``dead_letter`` raises."""
     err = record.error
     step, error = (err.step_name, err.error) if err is not None else (None, None)
+    if record.status == WorkflowStatus.CANCELLED:
+        return cancelled_error(record.id, record.saga_name, record.cancel_reason or "no reason recorded",
+                               already=True)
     if record.status == WorkflowStatus.DEAD_LETTER:
+        if record.cancel_reason is not None and err is not None and err.compensation_error is not None:
+            return cancel_dead_letter_error(record.id, record.saga_name, record.cancel_reason,
+                                            err.compensation_error)
         if record.past_pivot and err is not None and err.compensation_error is None and step is not None:
             return past_pivot_error(record.id, record.saga_name, step, error)
         if err is not None and step is None and err.compensation_error is None:
@@ -84,7 +107,7 @@ def goes_backward(record: WorkflowRecord) -> bool:
     """
     if record.past_pivot:
         return False  # past the point of no return: only forward
-    if record.status == WorkflowStatus.COMPENSATING:
+    if record.status == WorkflowStatus.COMPENSATING or record.cancel_reason is not None:
         return True
     err = record.error
     return err is not None and (err.step_name is not None or err.compensation_error is not None)

@@ -14,7 +14,8 @@ from typing import Any, Callable, Collection, Literal, Protocol, Sequence, runti
 from ..records import QueryResult, WorkflowRecord
 from ..status import WorkflowStatus
 
-__all__ = ["Storage", "StorageSession", "NewWorkflow", "NewStep", "QueryFilter", "Change", "LockRecord"]
+__all__ = ["Storage", "StorageSession", "NewWorkflow", "NewStep", "QueryFilter", "Change", "LockRecord",
+           "CancelOutcome", "GUARDED_COLUMNS"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,22 @@ class Change:
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     new_steps: tuple[NewStep, ...] = ()
     removed_steps: tuple[str, ...] = ()
+    #: The commit completes the saga, or starts or passes its pivot: if a
+    #: cancel was requested first, the saga row's ``GUARDED_COLUMNS`` keep
+    #: their values (decided by the database, under the row's lock), while
+    #: the rest of the change (the step's result) still lands.
+    unless_cancelled: bool = False
+
+
+#: The saga row's columns that a commit made "unless cancelled" leaves as
+#: they are once a cancel is requested: the completion (status, stuck time and
+#: the claim's release), the pivot's start and its passing. The rest of the
+#: commit (a step's result, the current step) lands either way.
+GUARDED_COLUMNS = frozenset({"status", "stuck_after", "past_pivot", "pivot_started", "owner",
+                             "lease_expires_at"})
+
+#: What ``cancel`` did: ended a saga that had not started, or asked its executor to.
+CancelOutcome = Literal["cancelled", "requested"]
 
 
 @dataclass(frozen=True)
@@ -109,8 +126,11 @@ class StorageSession(Protocol):
         """
         ...
 
-    def write(self, change: Change) -> None:
-        """Commit ``change`` atomically.
+    def write(self, change: Change) -> str | None:
+        """Commit ``change`` atomically; return the saga's cancel reason, if a cancel was requested.
+
+        The reason comes back with the commit itself, so a running saga
+        notices a cancel without a round trip of its own.
 
         Raises:
             SagaLockedError: the claim was lost; nothing was written.
@@ -186,6 +206,22 @@ class Storage(Protocol):
 
         Returns:
             How many sagas were deleted.
+        """
+        ...
+
+    def cancel(self, saga_id: str, reason: str, now: datetime) -> CancelOutcome:
+        """Cancel the saga: at once if it has not started, else by asking its executor.
+
+        A saga that waits (``pending``, never started by an executor) ends
+        ``cancelled`` in this call, releasing its semantic locks and fencing
+        off a worker that is taking it. A running one gets ``reason`` in its
+        row, which its executor's next commit returns. Asking twice is
+        harmless and returns ``"requested"`` again.
+
+        Raises:
+            SagaNotFoundError: no saga has this id.
+            InvalidStateError: the saga has ended, is being compensated after
+                a failure, or has started its pivot step.
         """
         ...
 

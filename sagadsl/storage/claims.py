@@ -101,6 +101,10 @@ class Claim(Protocol):
         """Add what renews (or, in a terminal commit, clears) the claim to a write's values."""
         ...
 
+    def ended(self) -> None:
+        """A terminal commit landed: it cleared whatever the claim keeps in the saga row."""
+        ...
+
     def release(self, conn: Connection) -> None:
         """Release a held claim on a live connection, in a statement of its own (the session closes)."""
         ...
@@ -145,6 +149,9 @@ class AdvisoryClaim:
 
     def write_values(self, values: dict[str, Any]) -> None:
         pass
+
+    def ended(self) -> None:
+        pass  # the session lock outlives the row's status: close() releases it
 
     def release(self, conn: Connection) -> None:
         # The pinned connection drove this one saga: releasing every session
@@ -201,11 +208,14 @@ class LeaseClaim:
         if not self.held:
             return
         if values.get("status") in _TERMINAL_VALUES:
+            # Cleared by the final write itself (unless a cancel keeps the saga going: see ended()).
             values["owner"] = None
             values["lease_expires_at"] = None
-            self.held = False  # cleared by the final write itself
         else:
             values["lease_expires_at"] = values["updated_at"] + LEASE_DURATION
+
+    def ended(self) -> None:
+        self.held = False
 
     def release(self, conn: Connection) -> None:
         conn.execute(update(wf_table)

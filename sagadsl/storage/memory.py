@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Collection, Sequence
@@ -17,7 +18,9 @@ from ..errors import (
 )
 from ..records import ErrorInfo, QueryResult, StepRecord, WorkflowRecord
 from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
-from .base import Change, LockRecord, NewWorkflow, QueryFilter
+from .base import GUARDED_COLUMNS, CancelOutcome, Change, LockRecord, NewWorkflow, QueryFilter
+from .cancelling import explain_refused_cancel
+from .claims import locked
 from .semantic_locks import resource_locked
 
 __all__ = ["InMemoryStorage"]
@@ -89,11 +92,30 @@ class InMemoryStorage:
                     f"{max_retries}; inspect it with `saga-admin show {saga_id}` and resolve it by hand",
                     saga_id=saga_id)
             v.update(status=WorkflowStatus.PENDING.value, retry_count=v["retry_count"] + 1,
-                     started_at=now, updated_at=now, stuck_after=now, claims=0)
+                     started_at=now, updated_at=now, stuck_after=now, claims=0, version=v["version"] + 1)
             if (v.get("error_step") is None and v.get("compensation_error") is None) or v.get("past_pivot"):
                 # Parked by the engine while going forward: it resumes forward.
                 v.update(error=None, error_at=None, error_traceback=None)
             return int(v["retry_count"])
+
+    def cancel(self, saga_id: str, reason: str, now: datetime) -> CancelOutcome:
+        with self._guard:
+            row = self._rows.get(saga_id)
+            v = row.values if row is not None else None
+            if v is not None and v["status"] == WorkflowStatus.PENDING.value:
+                if v["started_at"] is None:
+                    v.update(status=WorkflowStatus.CANCELLED.value, cancel_reason=reason, updated_at=now,
+                             stuck_after=None, version=v["version"] + 1)
+                    self._release(saga_id)
+                    return "cancelled"
+                if v.get("cancel_reason") is None and not v.get("past_pivot") and not v.get("pivot_started"):
+                    v["cancel_reason"] = reason
+                    return "requested"
+            fields = ("status", "cancel_reason", "past_pivot", "pivot_started", "error_step", "started_at")
+            outcome = explain_refused_cancel(
+                saga_id, None if v is None else SimpleNamespace(**{f: v.get(f) for f in fields}))
+        assert outcome is not None, "nothing moves a saga while the guard is held"
+        return outcome
 
     def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
         with self._guard:
@@ -224,7 +246,8 @@ def _record(row: _Row) -> WorkflowRecord:
         retry_count=v["retry_count"], error=error, created_at=v["created_at"], updated_at=v["updated_at"],
         started_at=v["started_at"], current_step=v.get("current_step"), stuck_after=v.get("stuck_after"),
         claims=v.get("claims", 0), past_pivot=bool(v.get("past_pivot", False)), locks=tuple(v.get("locks") or ()),
-        start_after=v.get("start_after"),
+        start_after=v.get("start_after"), cancel_reason=v.get("cancel_reason"),
+        pivot_started=bool(v.get("pivot_started", False)),
     )
 
 
@@ -233,6 +256,7 @@ class _MemorySession:
         self._storage = storage
         self._saga_id = saga_id
         self._claimed = False
+        self._version = 0
 
     def begin(self, new: NewWorkflow | None, *, saga_id: str, claim: bool,
               now: datetime) -> WorkflowRecord | None:
@@ -258,7 +282,7 @@ class _MemorySession:
                 values.update(status=WorkflowStatus.PENDING.value, input=copy.deepcopy(new.input), retry_count=0,
                               created_at=new.now, updated_at=new.now, started_at=new.now if new.started else None,
                               current_step=None, error_step=None, error=None, compensation_error=None,
-                              error_at=None, claims=1 if claim else 0)
+                              error_at=None, claims=1 if claim else 0, version=0)
                 s._rows[saga_id] = _Row(values, {
                     st.name: {"name": st.name, "position": st.position,
                               "idempotency_key": st.idempotency_key,
@@ -269,13 +293,23 @@ class _MemorySession:
                 raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
             if claim and row.values["status"] in {st.value for st in ACTIVE_STATUSES}:
                 row.values["claims"] = row.values.get("claims", 0) + 1
+                row.values["version"] += 1
+            self._version = row.values["version"]
             return _record(row)
 
-    def write(self, change: Change) -> None:
+    def write(self, change: Change) -> str | None:
         s = self._storage
         with s._guard:
             row = s._rows[self._saga_id]
-            row.values.update(copy.deepcopy(change.workflow))
+            if row.values["version"] != self._version:
+                raise locked(self._saga_id, "its stored state moved on; this executor stops")
+            reason = row.values.get("cancel_reason")
+            workflow = copy.deepcopy(change.workflow)
+            if change.unless_cancelled and reason is not None:
+                for column in GUARDED_COLUMNS:
+                    workflow.pop(column, None)
+            row.values.update(workflow, version=self._version + 1)
+            self._version += 1
             for name, values in change.steps.items():
                 row.steps[name].update(copy.deepcopy(values))
             for st in change.new_steps:
@@ -284,9 +318,10 @@ class _MemorySession:
                                       "status": StepStatus.PENDING.value, "attempts": 0}
             for name in change.removed_steps:
                 row.steps.pop(name, None)
-            status = change.workflow.get("status")
+            status = workflow.get("status")
             if status is not None and WorkflowStatus(status).is_terminal and status != WorkflowStatus.DEAD_LETTER:
                 s._release(self._saga_id)
+            return reason
 
     def close(self) -> None:
         if self._claimed:

@@ -109,6 +109,11 @@ class WorkflowRow(Base):
     locks: Mapped[Optional[Any]] = mapped_column(JSONDocument, nullable=True)
     #: A submitted saga that no worker takes before this time (None: at once).
     start_after: Mapped[Optional[datetime]] = mapped_column(UTCDateTime())
+    #: Set by ``engine.cancel`` (the reason); the executor's commits return it.
+    cancel_reason: Mapped[Optional[str]] = mapped_column(Text)
+    #: Set, unless a cancel came first, by the commit just before the pivot
+    #: step starts: from then on a cancel is refused.
+    pivot_started: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_sagadsl_workflows_status_created_at", "status", "created_at"),

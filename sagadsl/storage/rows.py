@@ -84,6 +84,7 @@ def record_of(row: Any, step_rows: list[Any]) -> WorkflowRecord:
         updated_at=row["updated_at"], started_at=row["started_at"], current_step=row["current_step"],
         stuck_after=row["stuck_after"], claims=row["claims"], past_pivot=bool(row["past_pivot"]),
         locks=tuple(row["locks"] or ()), start_after=row["start_after"],
+        cancel_reason=row["cancel_reason"], pivot_started=bool(row["pivot_started"]),
     )
 
 

@@ -29,7 +29,7 @@ from ..limits import truncate_error
 from ..records import QueryResult, WorkflowRecord
 from ..status import ACTIVE_STATUSES, StepStatus, WorkflowStatus
 from ..urls import mask_url
-from .base import Change, LockRecord, NewWorkflow, QueryFilter
+from .base import CancelOutcome, Change, LockRecord, NewWorkflow, QueryFilter
 from .claims import ADVISORY, LEASE, LEASE_DURATION, ClaimProtocol, advisory_lock_key, locked
 from .connect import connect as _connect
 from .connect import create_engine as _create_engine
@@ -42,8 +42,9 @@ from .models import workflows as wf_table
 from .rows import conditions, counted, load, only_statuses, record_of, steps_for
 from .schema import check_schema, migrate, validate_schema_name
 from .semantic_locks import insert_locks, take_waiting_locks
-from .statements import (INSERT_STEPS, INSERT_WORKFLOW, RELEASE_LOCKS, UPDATE_STEP, UPDATE_WORKFLOW,
-                         create_saga_postgresql, update_workflow_and_step)
+from .cancelling import CANCEL_READ_COLUMNS, cancel_waiting, explain_refused_cancel, request_cancel
+from .statements import (INSERT_STEPS, INSERT_WORKFLOW, RELEASE_LOCKS, UPDATE_STEP, create_saga_postgresql,
+                         update_workflow, update_workflow_and_step)
 
 __all__ = ["SqlStorage", "SqlSession", "mask_url", "advisory_lock_key", "LEASE_DURATION"]
 
@@ -238,6 +239,25 @@ class SqlStorage:
         _explain_refused_retry(saga_id, row, max_retries)
         raise AssertionError("unreachable")
 
+    def cancel(self, saga_id: str, reason: str, now: datetime) -> CancelOutcome:
+        doing = f"cancelling saga {saga_id!r}"
+        with _connect(self.engine, doing, saga_id=saga_id) as conn, _translated(self.engine, doing, saga_id=saga_id):
+            # A saga that moves between the updates and the read (a worker
+            # starts it) is tried again; it cannot move that way twice.
+            for _ in range(3):
+                with conn.begin():
+                    if conn.execute(cancel_waiting(reason, now), {"w_id": saga_id}).first() is not None:
+                        conn.execute(RELEASE_LOCKS, {"w_id": saga_id})
+                        return "cancelled"
+                    if conn.execute(request_cancel(reason), {"w_id": saga_id}).first() is not None:
+                        return "requested"
+                    row = conn.execute(select(*CANCEL_READ_COLUMNS).where(wf_table.c.id == saga_id)).first()
+                outcome = explain_refused_cancel(saga_id, row)
+                if outcome is not None:
+                    return outcome
+        raise InvalidStateError(f"saga {saga_id!r} kept changing while it was being cancelled; try again",
+                                saga_id=saga_id)
+
     def close(self) -> None:
         """Dispose of the connection pool."""
         self.engine.dispose()
@@ -413,8 +433,9 @@ class SqlSession:
             ])
         return True
 
-    def write(self, change: Change) -> None:
+    def write(self, change: Change) -> str | None:
         expected = self._version
+        reason: str | None = None
         deadline = time.monotonic() + self._storage.reconnect_timeout
         delay = 0.05
         replay = False
@@ -425,9 +446,11 @@ class SqlSession:
                 failure: DBAPIError = exc  # cannot reach the server (yet): keep trying
             else:
                 try:
-                    if replay and self._landed(conn, expected):
-                        break
-                    self._write_once(conn, change, expected)
+                    if replay:
+                        landed, reason = self._landed(conn, expected)
+                        if landed:
+                            break
+                    reason = self._write_once(conn, change, expected)
                     break
                 except SagaLockedError:
                     raise
@@ -450,6 +473,9 @@ class SqlSession:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
         self._version = expected + 1
+        if change.workflow.get("status") in _TERMINAL_VALUES and (reason is None or not change.unless_cancelled):
+            self._claim.ended()
+        return reason
 
     def _write_failed(self, exc: Exception) -> StorageError:
         orig = getattr(exc, "orig", None) or exc
@@ -462,18 +488,21 @@ class SqlSession:
                             f"nothing was written by this commit and {then}",
                             saga_id=self._saga_id, permanent=permanent)
 
-    def _landed(self, conn: Connection, expected: int) -> bool:
-        """After a reconnect: re-claim, then tell whether the lost commit landed."""
+    def _landed(self, conn: Connection, expected: int) -> tuple[bool, str | None]:
+        """After a reconnect: re-claim, then tell whether the lost commit landed (and the cancel reason)."""
         with self._transaction(conn):
             self._claim.after_reconnect(conn)
-            version = conn.execute(select(wf_table.c.version).where(wf_table.c.id == self._saga_id)).scalar()
+            row = conn.execute(select(wf_table.c.version, wf_table.c.cancel_reason)
+                               .where(wf_table.c.id == self._saga_id)).first()
+        version = row.version if row is not None else None
         if version == expected + 1:
-            return True
+            assert row is not None
+            return True, row.cancel_reason
         if version != expected:
             raise locked(self._saga_id, "it changed while this executor was disconnected")
-        return False
+        return False, None
 
-    def _write_once(self, conn: Connection, change: Change, expected: int) -> None:
+    def _write_once(self, conn: Connection, change: Change, expected: int) -> str | None:
         values = dict(change.workflow, version=expected + 1)
         self._claim.write_values(values)
         release = self._has_locks and values.get("status") in _RELEASING_VALUES
@@ -481,11 +510,10 @@ class SqlSession:
                 change.new_steps or change.removed_steps or release):
             # The common commits: one step and the saga row, or the saga row alone.
             with self._transaction(conn, one_statement=True):
-                self._write_one_statement(conn, change, values, expected)
-            return
+                return self._write_one_statement(conn, change, values, expected)
         with self._transaction(conn):
-            self._update_workflow(conn, values, expected)
-            if release:
+            reason = self._update_workflow(conn, values, expected, change.unless_cancelled)
+            if release and (reason is None or not change.unless_cancelled):
                 conn.execute(RELEASE_LOCKS, {"w_id": self._saga_id})
             for name, step_values in change.steps.items():
                 conn.execute(UPDATE_STEP, dict(step_values, s_workflow_id=self._saga_id, s_name=name))
@@ -498,26 +526,32 @@ class SqlSession:
             if change.removed_steps:
                 conn.execute(delete(steps_table).where(steps_table.c.workflow_id == self._saga_id,
                                                        steps_table.c.name.in_(change.removed_steps)))
+        return reason
 
     def _write_one_statement(self, conn: Connection, change: Change, values: dict[str, Any],
-                             expected: int) -> None:
+                             expected: int) -> str | None:
         if not change.steps:
-            self._update_workflow(conn, values, expected)
-            return
+            return self._update_workflow(conn, values, expected, change.unless_cancelled)
         # A step row always exists: every step row is inserted with the saga
         # (or by the change that adds it).
         ((name, step_values),) = change.steps.items()
         params = {f"w_{c}": v for c, v in values.items()}
         params.update({f"s_{c}": v for c, v in step_values.items()})
         params.update(w_id=self._saga_id, w_expected=expected, s_name=name)
-        stmt = update_workflow_and_step(tuple(values), tuple(step_values))
-        if conn.execute(stmt, params).rowcount != 1:
+        stmt = update_workflow_and_step(tuple(values), tuple(step_values), change.unless_cancelled)
+        row = conn.execute(stmt, params).first()
+        if row is None:
             raise locked(self._saga_id, "its stored state moved on; this executor stops")
+        return row[0]  # type: ignore[no-any-return]
 
-    def _update_workflow(self, conn: Connection, values: dict[str, Any], expected: int) -> None:
-        result = conn.execute(UPDATE_WORKFLOW, dict(values, w_id=self._saga_id, w_expected=expected))
-        if result.rowcount != 1:
+    def _update_workflow(self, conn: Connection, values: dict[str, Any], expected: int,
+                         unless_cancelled: bool) -> str | None:
+        params = {f"w_{c}": v for c, v in values.items()}
+        params.update(w_id=self._saga_id, w_expected=expected)
+        row = conn.execute(update_workflow(tuple(values), unless_cancelled), params).first()
+        if row is None:
             raise locked(self._saga_id, "its stored state moved on; this executor stops")
+        return row[0]  # type: ignore[no-any-return]
 
     def close(self) -> None:
         conn = self._conn
@@ -542,3 +576,4 @@ class SqlSession:
 #: them, as the resource is in an unknown state until a person resolves it.
 _RELEASING_VALUES = frozenset(s.value for s in WorkflowStatus
                               if s.is_terminal and s != WorkflowStatus.DEAD_LETTER)
+_TERMINAL_VALUES = frozenset(s.value for s in WorkflowStatus if s.is_terminal)

@@ -10,18 +10,20 @@ so they cannot collide with column names.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Text, bindparam, delete, exists, func, insert, literal, literal_column
+from sqlalchemy import BigInteger, Integer, Text, bindparam, case, delete, exists, func, insert, literal, literal_column
 from sqlalchemy import select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Executable
 
 from ..status import ACTIVE_STATUSES, StepStatus
+from .base import GUARDED_COLUMNS
 from .models import locks as locks_table
 from .models import steps as steps_table
 from .models import workflows as wf_table
 
-__all__ = ["UPDATE_WORKFLOW", "UPDATE_STEP", "INSERT_STEPS", "INSERT_WORKFLOW", "TRY_ADVISORY_LOCK",
+__all__ = ["UPDATE_WORKFLOW", "UPDATE_STEP", "update_workflow", "INSERT_STEPS", "INSERT_WORKFLOW", "TRY_ADVISORY_LOCK",
            "ADVISORY_UNLOCK", "COUNT_CLAIM", "RELEASE_LOCKS", "HELD_ADVISORY_KEYS", "update_workflow_and_step",
            "create_saga_postgresql"]
 
@@ -42,14 +44,36 @@ COUNT_CLAIM = (update(wf_table)
                 .values(claims=wf_table.c.claims + 1, version=wf_table.c.version + 1))
 
 
+def _workflow_values(workflow_columns: tuple[str, ...], unless_cancelled: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for c in workflow_columns:
+        value: Any = bindparam(f"w_{c}", type_=wf_table.c[c].type)
+        if unless_cancelled and c in GUARDED_COLUMNS:
+            # Decided in the row's own UPDATE, under its row lock: a cancel
+            # committed first wins, one committed later finds the saga ended.
+            value = case((wf_table.c.cancel_reason.is_(None), value), else_=wf_table.c[c])
+        values[c] = value
+    return values
+
+
 @functools.lru_cache(maxsize=64)
-def update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: tuple[str, ...]) -> Executable:
+def update_workflow(workflow_columns: tuple[str, ...], unless_cancelled: bool) -> Executable:
+    """The saga row's fenced UPDATE, returning its ``cancel_reason`` (no row: the fence failed)."""
+    return (update(wf_table)
+            .where(wf_table.c.id == bindparam("w_id"), wf_table.c.version == bindparam("w_expected"))
+            .values(_workflow_values(workflow_columns, unless_cancelled))
+            .returning(wf_table.c.cancel_reason))
+
+
+@functools.lru_cache(maxsize=64)
+def update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: tuple[str, ...],
+                             unless_cancelled: bool = False) -> Executable:
     """One PostgreSQL statement that updates the saga row and one of its step rows.
 
     The saga row's UPDATE is a data-modifying CTE fenced by ``version``; the
-    step row is updated only if that CTE returned the row, so the statement's
-    rowcount is 1 only if the fence held. One round trip instead of two per
-    step commit.
+    step row is updated only if that CTE returned the row, so the statement
+    returns a row only if the fence held, and that row is the saga's
+    ``cancel_reason``. One round trip instead of two per step commit.
 
     The step row is found by its whole primary key from the parameters, not
     by joining to the CTE's output: a prepared statement's generic plan for
@@ -58,13 +82,14 @@ def update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: tu
     """
     fenced = (update(wf_table)
               .where(wf_table.c.id == bindparam("w_id"), wf_table.c.version == bindparam("w_expected"))
-              .values({c: bindparam(f"w_{c}", type_=wf_table.c[c].type) for c in workflow_columns})
-              .returning(wf_table.c.id)
+              .values(_workflow_values(workflow_columns, unless_cancelled))
+              .returning(wf_table.c.id, wf_table.c.cancel_reason)
               .cte("fenced"))
     return (update(steps_table)
             .where(steps_table.c.workflow_id == bindparam("w_id"), steps_table.c.name == bindparam("s_name"),
                    exists(select(fenced.c.id)))
-            .values({c: bindparam(f"s_{c}", type_=steps_table.c[c].type) for c in step_columns}))
+            .values({c: bindparam(f"s_{c}", type_=steps_table.c[c].type) for c in step_columns})
+            .returning(select(fenced.c.cancel_reason).scalar_subquery().label("cancel_reason")))
 
 
 @functools.lru_cache(maxsize=8)

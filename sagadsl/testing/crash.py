@@ -27,7 +27,7 @@ from ..errors import SagaError
 from ..records import QueryResult, WorkflowRecord
 from ..saga import Saga
 from ..status import StepStatus, WorkflowStatus
-from ..storage.base import Change, LockRecord, NewWorkflow, QueryFilter, Storage, StorageSession
+from ..storage.base import CancelOutcome, Change, LockRecord, NewWorkflow, QueryFilter, Storage, StorageSession
 from ..storage.memory import InMemoryStorage
 from .clock import FakeClock
 
@@ -177,6 +177,9 @@ class CrashingStorage:
     def locks(self, keys: Sequence[str] = ()) -> list[LockRecord]:
         return self.inner.locks(keys)
 
+    def cancel(self, saga_id: str, reason: str, now: datetime) -> CancelOutcome:
+        return self.inner.cancel(saga_id, reason, now)
+
     def close(self) -> None:
         self.inner.close()
 
@@ -193,14 +196,15 @@ class _CrashingSession:
               now: datetime) -> WorkflowRecord | None:
         return self._inner.begin(new, saga_id=saga_id, claim=claim, now=now)
 
-    def write(self, change: Change) -> None:
+    def write(self, change: Change) -> str | None:
         point = self._owner._take(change)
         if point is not None and point.when == "before":
             raise SimulatedCrash(point)
-        self._inner.write(change)
+        reason = self._inner.write(change)
         self._owner._record(change)
         if point is not None:
             raise SimulatedCrash(point)
+        return reason
 
     def close(self) -> None:
         self._inner.close()

@@ -167,10 +167,6 @@ class Console:
 
     # -- rendering -------------------------------------------------------------
 
-    def can_cancel(self) -> bool:
-        """Whether this engine offers ``cancel`` (it arrives with the control work of DESIGN §8)."""
-        return callable(getattr(self.engine, "cancel", None))
-
     def page(self, request: Request, template: str, context: dict[str, Any],
              status_code: int = 200) -> Response:
         """Render ``template`` with the context every page needs, setting the CSRF cookie if new."""
@@ -183,7 +179,7 @@ class Console:
 
         response = self.templates.TemplateResponse(request, template, {
             "base": base, "link": link, "csrf_token": self.csrf.token_for(cookie),
-            "allow_actions": self.allow_actions, "can_cancel": self.can_cancel(),
+            "allow_actions": self.allow_actions,
             "protected": self.protected, "version": __version__, "statuses": _STATUSES,
             "max_retries": MAX_RETRY_COUNT, "now": datetime.now(timezone.utc), **context,
         }, status_code=status_code)
@@ -266,7 +262,8 @@ class Console:
             "kinds": kinds, "registered": definition is not None,
             "locks": getattr(record, "locks", None), "past_pivot": getattr(record, "past_pivot", None),
             "can_retry": record.status == WorkflowStatus.DEAD_LETTER,
-            "cancellable": record.status in ACTIVE_STATUSES and not getattr(record, "past_pivot", False),
+            "cancellable": (record.status == WorkflowStatus.PENDING and not record.past_pivot
+                            and not record.pivot_started and record.cancel_reason is None),
         }
 
     # -- pages -----------------------------------------------------------------
@@ -335,8 +332,6 @@ class Console:
         refusal = self.csrf.check(request, str(form.get("csrf") or ""))
         if refusal is not None:
             return self.problem(request, 403, "Refused", refusal)
-        if verb == "cancel" and not self.can_cancel():
-            return self.problem(request, 404, "Not available", "this sagadsl version cannot cancel sagas")
         if not saga_id:
             return self.problem(request, 400, "No saga id", "the form did not name a saga")
         record = await run_in_threadpool(self.engine.get, saga_id)
@@ -352,10 +347,11 @@ class Console:
                 count = await run_in_threadpool(self.engine.retry, saga_id)
                 outcome = f"moved back to pending (retry {count} of {MAX_RETRY_COUNT}); a worker continues it"
             else:
-                # getattr: ``cancel`` arrives with DESIGN §8; until then mypy does not know it.
-                cancel: Callable[[str, str], Any] = getattr(self.engine, "cancel")  # noqa: B009
-                await run_in_threadpool(cancel, saga_id, reason or "cancelled from the web console")
-                outcome = "cancellation requested"
+                done = await run_in_threadpool(self.engine.cancel, saga_id,
+                                               reason or "cancelled from the web console")
+                outcome = ("cancelled; it had not started, so there was nothing to compensate"
+                           if done == "cancelled" else
+                           "cancellation requested; its executor compensates it at its next commit")
         except StorageError:
             raise
         except SagaError as exc:
