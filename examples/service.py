@@ -4,7 +4,10 @@
 answers ``202 Accepted`` at once; a :class:`~sagadsl.worker.Worker` thread in
 the same process picks it up and runs it. ``GET /order-<id>`` reports its
 progress; ``GET /order-<id>?wait=5`` first waits up to 5 seconds for its end
-(``engine.wait``) instead of the client polling. In production, run the worker as its own process instead
+(``engine.wait``) instead of the client polling. ``POST /order-<id>/cancel``
+cancels it (``engine.cancel``): at once if no worker started it yet (an
+order may ask to start later, ``"start_in"`` seconds), else its executor
+compensates what it did; ``409`` once it has ended. In production, run the worker as its own process instead
 (``saga-admin worker --import myapp.sagas``), as many as you need.
 
     python examples/service.py          # serve on http://127.0.0.1:8000
@@ -17,6 +20,7 @@ import json
 import sys
 import tempfile
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -24,7 +28,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from sagadsl import IdempotencyConflictError, Saga, SagaEngine, SagaError, compensates, step
+from datetime import timedelta
+
+from sagadsl import IdempotencyConflictError, InvalidStateError, Saga, SagaEngine, SagaError, SagaNotFoundError
+from sagadsl import compensates, step
 from sagadsl.worker import Worker
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -70,11 +77,23 @@ def make_app(engine: SagaEngine) -> Callable[[dict[str, Any], StartResponse], It
             # The client's Idempotency-Key makes a retried request return the same saga.
             key = environ.get("HTTP_IDEMPOTENCY_KEY") or f"order-{order.order_id}"
             saga_id = f"order-{order.order_id}"
+            start_in = payload.get("start_in")
             try:
-                engine.submit(CheckoutSaga, order, saga_id=saga_id, idempotency_key=key)
+                engine.submit(CheckoutSaga, order, saga_id=saga_id, idempotency_key=key,
+                              start_after=timedelta(seconds=float(start_in)) if start_in else None)
             except IdempotencyConflictError as exc:
                 return reply(start_response, "409 Conflict", {"error": exc.code, "detail": str(exc)})
             return reply(start_response, "202 Accepted", {"saga_id": saga_id, "status_url": f"/{saga_id}"})
+        if method == "POST" and path.startswith("/order-") and path.endswith("/cancel"):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            reason = str(json.loads(environ["wsgi.input"].read(length) or b"{}").get("reason") or "")
+            try:
+                outcome = engine.cancel(path[1:-len("/cancel")], reason or "cancelled by the client")
+            except SagaNotFoundError:
+                return reply(start_response, "404 Not Found", {"error": "no such saga"})
+            except InvalidStateError as exc:  # ended, compensating, or past its pivot: nothing to undo here
+                return reply(start_response, "409 Conflict", {"error": exc.code, "detail": str(exc)})
+            return reply(start_response, "202 Accepted", {"outcome": outcome})
         if method == "GET" and path.startswith("/order-"):
             wait = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("wait")
             if wait:
@@ -104,8 +123,11 @@ def call(base: str, method: str, path: str, body: dict[str, Any] | None = None) 
     request = urllib.request.Request(base + path, method=method,
                                      data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request) as response:
-        return dict(json.load(response))
+    try:
+        with urllib.request.urlopen(request) as response:
+            return dict(json.load(response))
+    except urllib.error.HTTPError as refused:
+        return {"http_status": refused.code, **json.load(refused)}
 
 
 def serve(database_url: str, port: int, demo: bool) -> None:
@@ -129,6 +151,12 @@ def serve(database_url: str, port: int, demo: bool) -> None:
             print(f"GET /{state['saga_id']} -> {state['status']} {state['steps']}")
         again = call(base, "POST", "/orders", {"order_id": "A1", "cents": 1500})
         print(f"POST /orders A1 again -> 202 {again['saga_id']} (same saga, not run twice)")
+        later = call(base, "POST", "/orders", {"order_id": "A3", "cents": 900, "start_in": 60})
+        cancelled = call(base, "POST", f"/{later['saga_id']}/cancel", {"reason": "customer changed their mind"})
+        state = call(base, "GET", f"/{later['saga_id']}")
+        print(f"POST /{later['saga_id']}/cancel -> 202 {cancelled['outcome']}; GET -> {state['status']}")
+        refused = call(base, "POST", "/order-A1/cancel", {"reason": "too late"})
+        print(f"POST /order-A1/cancel -> {refused['http_status']} {refused['error']}")
     finally:
         if demo:
             server.shutdown()

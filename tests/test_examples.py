@@ -62,6 +62,8 @@ def test_service_runs_sagas_per_request_on_its_worker(tmp_path: Path) -> None:
         "POST /orders A2 -> 202 order-A2",
         "GET /order-A2 -> failed {'reserve': 'compensated', 'charge': 'failed'}",
         "POST /orders A1 again -> 202 order-A1 (same saga, not run twice)",
+        "POST /order-A3/cancel -> 202 cancelled; GET -> cancelled",
+        "POST /order-A1/cancel -> 409 INVALID_STATE",
         "worker stopped, server closed",
     ]
 

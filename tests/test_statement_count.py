@@ -7,6 +7,7 @@ exactly what reaches the driver. Not timed: the benchmarks measure speed.
 from __future__ import annotations
 
 import re
+import threading
 import types
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -14,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import event
 
-from sagadsl import Saga, SagaEngine, compensates, step
+from sagadsl import Saga, SagaCancelledError, SagaEngine, compensates, step
 from sagadsl.storage import SqlStorage
 
 
@@ -39,6 +40,53 @@ class Ship(Saga[Parcel], name="tests.statement_count.ship"):
     @step(idempotency_key="dispatch-{parcel_id}")
     async def dispatch(self, pick: int) -> dict[str, int]:
         return {"boxes": pick}
+
+
+class PivotShip(Saga[Parcel], name="tests.statement_count.pivot_ship"):
+    @step(idempotency_key="hold-{parcel_id}")
+    def hold(self) -> str:
+        return "h"
+
+    @compensates(hold)
+    def unhold(self) -> None:
+        pass
+
+    @step(idempotency_key="capture-{parcel_id}", pivot=True)
+    def capture(self, hold: str) -> str:
+        return "c"
+
+    @step(idempotency_key="notify-{parcel_id}")
+    def notify(self, capture: str) -> str:
+        return "n"
+
+
+#: Opened by the test once it has cancelled the saga whose second step waits on it.
+pack_gate = threading.Event()
+pack_entered = threading.Event()
+
+
+class Pack(Saga[Parcel], name="tests.statement_count.pack"):
+    @step(idempotency_key="box-{parcel_id}")
+    def box(self) -> str:
+        return "b"
+
+    @compensates(box)
+    def unbox(self) -> None:
+        pass
+
+    @step(idempotency_key="tape-{parcel_id}")
+    def tape(self, box: str) -> str:
+        pack_entered.set()
+        assert pack_gate.wait(30)
+        return "t"
+
+    @compensates(tape)
+    def untape(self) -> None:
+        pass
+
+    @step(idempotency_key="stamp-{parcel_id}")
+    def stamp(self, tape: str) -> str:
+        return "s"
 
 
 def _numbered_step(i: int) -> Any:
@@ -170,3 +218,39 @@ def test_statements_per_step_do_not_grow_with_the_number_of_steps(engine: SagaEn
     per_step, remainder = divmod(hundred - three, 97)
     assert remainder == 0
     assert 1 <= per_step <= 3
+
+
+def test_a_pivot_saga_costs_one_commit_more_for_its_point_of_no_return(engine: SagaEngine,
+                                                                      traffic: Traffic) -> None:
+    engine.run(PivotShip, Parcel("p-1"), saga_id="p-1", idempotency_key="p-1")
+
+    # Create, three steps, and the commit that orders the pivot's start against a cancel.
+    assert traffic.commits == 5, "\n".join(traffic.statements)
+    assert traffic.reads() == []
+
+
+def test_a_running_saga_learns_of_a_cancel_from_its_own_commits(
+        engine: SagaEngine, traffic: Traffic, durable_url: tuple[str, str | None]) -> None:
+    pack_gate.clear()
+    pack_entered.clear()
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            engine.run(Pack, Parcel("p-1"), saga_id="p-1", idempotency_key="p-1")
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    assert pack_entered.wait(30)
+    url, schema = durable_url
+    with SagaEngine(SqlStorage(url, schema=schema)) as other:  # another connection pool, not counted
+        assert other.cancel("p-1", "no longer needed") == "requested"
+    pack_gate.set()
+    runner.join(30)
+
+    assert isinstance(outcome.get("error"), SagaCancelledError)
+    # Create, box, tape (whose commit returns the cancel), untape, unbox (ends it cancelled).
+    assert traffic.commits == 5, "\n".join(traffic.statements)
+    assert traffic.reads() == []
