@@ -21,6 +21,7 @@ from .definition import SagaDefinition
 from .errors import (
     DefinitionChangedError,
     IdempotencyConflictError,
+    SagaError,
     SagaNotFoundError,
     UnknownSagaError,
 )
@@ -301,7 +302,19 @@ class SagaEngine:
 
     def _prepare(self, saga_cls: type[Saga[Any]], input: Any, saga_id: Any,
                  idempotency_key: Any) -> tuple[NewWorkflow, Saga[Any]]:
+        self._check_can_run(saga_cls.definition)
         return admit(saga_cls, input, saga_id, idempotency_key, self.clock.now())
+
+    def _check_can_run(self, definition: SagaDefinition) -> None:
+        """Refuse, before anything is written or run, a saga this storage cannot carry."""
+        if definition.has_transactional and not getattr(self.storage, "runs_transactional_steps", False):
+            names = [s.name for s in definition.steps if s.transactional] + [
+                s.compensation.method_name for s in definition.steps
+                if s.compensation is not None and s.compensation.transactional]
+            raise SagaError(
+                f"{definition.class_name} has transactional steps ({', '.join(names)}), whose writes commit "
+                f"in the saga's own database transaction, but {self.storage!r} is not a SQL storage; run it "
+                "on SQLite or PostgreSQL (SagaEngine('sqlite:///...') or a postgresql+psycopg:// URL)")
 
     async def _start(self, saga_cls: type[Saga[Any]], input: Any, saga_id: str,
                      idempotency_key: str | None, offload: bool) -> SagaResult:
@@ -347,6 +360,7 @@ class SagaEngine:
         definition = cls.definition
         if record.status.is_terminal:
             return self._stored_outcome(record, definition)
+        self._check_can_run(definition)
         try:
             executor = await self._resumed_executor(cls, definition, session, record, db)
         except Exception as exc:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 import threading
 import typing
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .build import Member, build_definition
 from .decorators import BARE_COMPENSATES_ATTR, COMPENSATES_ATTR, STEP_ATTR, display_name
 from .definition import SagaDefinition
-from .errors import SagaDefinitionError
-from .runtime.context import attempt_number, step_key
+from .errors import SagaDefinitionError, SagaError
+from .runtime.context import attempt_number, step_db, step_key
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 __all__ = ["Saga", "SagaMeta", "InputT"]
 
@@ -215,6 +218,25 @@ class Saga(Generic[InputT], metaclass=SagaMeta):
             raise RuntimeError(f"{type(self).__name__}.attempt is only available inside a step "
                                "or compensation")
         return attempt
+
+    @property
+    def db(self) -> Session:
+        """The SQLAlchemy ORM session of a ``transactional=True`` step or compensation.
+
+        It runs on the saga's own connection, inside the transaction that
+        also commits the step's completion (or its ``compensated`` status):
+        what it writes lands exactly when the step does, and a failure, a
+        timeout or a crash leaves none of it. Each attempt gets a fresh
+        transaction; the session is closed when the attempt ends. Call
+        ``flush()`` to see database-generated values; ``commit()`` only
+        flushes, as the commit belongs to the step.
+        """
+        session = step_db.get()
+        if session is None:
+            raise SagaError(f"{type(self).__name__}.db is only available inside a step or compensation "
+                            "declared with transactional=True (on a SQL storage); declare it "
+                            "@step(..., transactional=True) to write to your tables with the step")
+        return session  # type: ignore[no-any-return]
 
     @classmethod
     def _bind(cls, input: InputT, saga_id: str) -> Saga[InputT]:

@@ -254,3 +254,18 @@ def test_a_running_saga_learns_of_a_cancel_from_its_own_commits(
     # Create, box, tape (whose commit returns the cancel), untape, unbox (ends it cancelled).
     assert traffic.commits == 5, "\n".join(traffic.statements)
     assert traffic.reads() == []
+
+
+def test_a_saga_with_transactional_steps_still_costs_one_commit_per_step_and_one_more(
+        engine: SagaEngine, traffic: Traffic, storage: SqlStorage) -> None:
+    from tests.transactional_sagas import NewOrder, PlaceOrder, app_metadata
+
+    app_metadata.create_all(storage.engine)
+    traffic.commits = 0
+    traffic.statements.clear()
+    engine.run(PlaceOrder, NewOrder("o-1"), saga_id="o-1", idempotency_key="o-1")
+
+    # Create, then each of the three steps: the two transactional ones commit
+    # their own INSERT in the same transaction as their completion.
+    assert traffic.commits == 4, "\n".join(traffic.statements)
+    assert traffic.reads() == []

@@ -44,6 +44,7 @@ from .outcomes import (
     parked_values,
     past_pivot_error,
 )
+from .context import step_db
 from .stuck import stuck_allowance
 
 __all__ = ["SagaExecutor"]
@@ -116,6 +117,9 @@ class SagaExecutor:
         #: The failure commit already ended the saga (nothing to compensate).
         self._ended_by_failure = False
         self._completion_written = False
+        #: A transactional step or compensation succeeded: its writes wait, in the
+        #: connection's open transaction, for the next commit (its outcome's).
+        self._step_writes_pending = False
         #: The first commit of progress resets the stored claim count.
         self._claims_to_reset = record is None or record.claims > 0
         #: A step whose value could not be stored, compensated before the
@@ -172,7 +176,9 @@ class SagaExecutor:
         if self._claims_to_reset:
             workflow["claims"] = 0
             self._claims_to_reset = False
-        change = Change(workflow=workflow, steps=steps or {}, unless_cancelled=unless_cancelled)
+        change = Change(workflow=workflow, steps=steps or {}, unless_cancelled=unless_cancelled,
+                        with_step_writes=self._step_writes_pending)
+        self._step_writes_pending = False
         reason = await self._db(lambda: self.session.write(change))
         if reason is not None and self.cancel_reason is None:
             logger.info("saga %s was cancelled (%s); compensating it", self.saga_id, reason,
@@ -290,7 +296,7 @@ class SagaExecutor:
                 ready: list[StepDefinition] = []
                 if failure is None and self.cancel_reason is not None:
                     failure = _CANCELLED  # the steps still running settle; nothing new starts
-                if failure is None:
+                if failure is None and not any(r.transactional for r in running.values()):
                     for s in self._ready({r.name for r in running.values()}):
                         remaining = self.budget.remaining(self.clock)
                         if remaining is not None and remaining <= 0:
@@ -298,6 +304,10 @@ class SagaExecutor:
                             if not self.past_pivot:  # past it, the parking commit records it
                                 await self._record_failure(failure, attempts=0, running=bool(running or ready))
                             break
+                        if s.transactional and (running or ready):
+                            # Its transaction is the saga connection's only one:
+                            # it runs alone, once the steps beside it are done.
+                            continue
                         if s.name == self.definition.pivot and not self.pivot_started:
                             # A commit before the point of no return orders it
                             # against a cancel: one that came first stops the
@@ -308,6 +318,8 @@ class SagaExecutor:
                                 break
                             self.pivot_started = True
                         ready.append(s)
+                        if s.transactional:
+                            break
                 if failure is None and len(ready) == 1 and not running:
                     # The next step of a chain runs alone: awaited in place,
                     # without a task of its own or a wait on a set of tasks.
@@ -389,11 +401,34 @@ class SagaExecutor:
             except Exception as exc:  # a constructor of the annotated type raised
                 raise SerializationError(f"{what}: decoding it back failed: {describe_exception(exc)}") from exc
 
-        call = Call(getattr(self.saga, s.name), kwargs, s.is_async, self.keys[s.name], where, s.name, Phase.STEP)
+        func = getattr(self.saga, s.name)
+        if s.transactional:
+            func = self._in_transaction(func, where)
+        call = Call(func, kwargs, s.is_async, self.keys[s.name], where, s.name, Phase.STEP)
         # A step after the pivot is retried until it succeeds (within the budget).
         policy = UntilItSucceeds(s.retry) if s.kind == "retriable" else s.retry
-        return await call_with_retries(call, policy, timeout=s.timeout, budget=self.budget,
-                                       runtime=self.runtime, durable=durable)
+        outcome = await call_with_retries(call, policy, timeout=s.timeout, budget=self.budget,
+                                          runtime=self.runtime, durable=durable)
+        self._step_writes_pending = s.transactional and outcome.ok
+        return outcome
+
+    def _in_transaction(self, func: Callable[..., Any], where: str) -> Callable[..., Any]:
+        """``func`` run as one attempt of a transactional step: ``self.db`` is that attempt's session."""
+        open_attempt = getattr(self.session, "open_step_attempt")  # noqa: B009 - checked at admission
+
+        def attempt(**kwargs: Any) -> Any:
+            opened = open_attempt(where)
+            token = step_db.set(opened.session)
+            ok = False
+            try:
+                value = func(**kwargs)
+                ok = True
+                return value
+            finally:
+                step_db.reset(token)
+                opened.finish(ok)  # flushes (a failing flush fails the attempt) or rolls back
+
+        return attempt
 
     async def _compensate_unstored(self, s: StepDefinition, value: Any) -> dict[str, Any]:
         """Compensate step ``s`` with the value it returned; its row's compensation columns."""
@@ -520,7 +555,11 @@ class SagaExecutor:
             while todo or running:
                 blocked = todo | set(running.values())
                 for name in sorted(todo, key=lambda n: -self.definition.step(n).position):
+                    if any(self._compensated_in_transaction(r) for r in running.values()):
+                        break  # a transactional compensation runs alone, like a transactional step
                     if not (descendants[name] & blocked):
+                        if self._compensated_in_transaction(name) and running:
+                            continue
                         todo.discard(name)
                         running[asyncio.ensure_future(self._compensate(name))] = name
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -575,6 +614,10 @@ class SagaExecutor:
             await _cancel(running)
         return first_error, first_cause
 
+    def _compensated_in_transaction(self, name: str) -> bool:
+        comp = self.definition.step(name).compensation
+        return comp is not None and comp.transactional
+
     def _unwound(self) -> WorkflowStatus:
         """The status of a saga whose every completed step was compensated."""
         return WorkflowStatus.CANCELLED if self.cancel_reason is not None else WorkflowStatus.FAILED
@@ -587,9 +630,14 @@ class SagaExecutor:
         if comp.result_param is not None:
             kwargs[comp.result_param] = self.results.get(name, result)
         policy = s.compensation_policy
-        call = Call(getattr(self.saga, comp.method_name), kwargs, comp.is_async, self.keys[name],
-                    f"{self.where_cls}.{comp.method_name}", name, Phase.COMPENSATION)
-        return await call_with_retries(call, policy, timeout=policy.timeout, budget=None, runtime=self.runtime)
+        where = f"{self.where_cls}.{comp.method_name}"
+        func = getattr(self.saga, comp.method_name)
+        if comp.transactional:
+            func = self._in_transaction(func, where)
+        call = Call(func, kwargs, comp.is_async, self.keys[name], where, name, Phase.COMPENSATION)
+        outcome = await call_with_retries(call, policy, timeout=policy.timeout, budget=None, runtime=self.runtime)
+        self._step_writes_pending = comp.transactional and outcome.ok
+        return outcome
 
 
 async def _cancel(running: Iterable[asyncio.Future[Any]]) -> None:

@@ -66,6 +66,10 @@ class Change:
     #: their values (decided by the database, under the row's lock), while
     #: the rest of the change (the step's result) still lands.
     unless_cancelled: bool = False
+    #: The commit of a transactional step's (or compensation's) outcome: the
+    #: writes of its successful attempt commit in the same transaction. Any
+    #: other commit rolls back what an attempt left open.
+    with_step_writes: bool = False
 
 
 #: The saga row's columns that a commit made "unless cancelled" leaves as

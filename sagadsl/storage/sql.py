@@ -42,6 +42,7 @@ from .models import workflows as wf_table
 from .rows import conditions, counted, load, only_statuses, record_of, steps_for
 from .schema import check_schema, migrate, validate_schema_name
 from .semantic_locks import insert_locks, take_waiting_locks
+from .step_transactions import StepAttempt, open_attempt
 from .cancelling import CANCEL_READ_COLUMNS, cancel_waiting, explain_refused_cancel, request_cancel
 from .statements import (INSERT_STEPS, INSERT_WORKFLOW, RELEASE_LOCKS, UPDATE_STEP, create_saga_postgresql,
                          update_workflow, update_workflow_and_step)
@@ -69,6 +70,8 @@ class SqlStorage:
     """
 
     is_production_safe = True
+    #: Transactional steps write through the saga's own connection and transaction (DESIGN §9).
+    runs_transactional_steps = True
     detects_dead_executors = True
 
     def __init__(
@@ -325,6 +328,10 @@ class SqlSession:
         self._version = 0
         #: The saga holds (or waits for) semantic locks, released by its terminal commit.
         self._has_locks = False
+        #: The last attempt of a transactional step, whose transaction may still be open.
+        self._attempt: StepAttempt | None = None
+        #: The connection was closed under a running attempt: take the claim again before writing.
+        self._reclaim = False
 
     # -- connection ---------------------------------------------------------
 
@@ -433,12 +440,85 @@ class SqlSession:
             ])
         return True
 
+    # -- transactional steps --------------------------------------------------
+
+    def open_step_attempt(self, where: str) -> StepAttempt:
+        """Begin the transaction of one attempt of the transactional step ``where`` (``Class.method``).
+
+        Called from the attempt's own thread; the executor runs nothing
+        else on this connection until the attempt finishes.
+        """
+        self._drop_attempt()
+        conn = self._connection()
+        if self._reclaim:
+            self._landed(conn, self._version)  # takes the claim again; raises if the saga moved on
+            self._reclaim = False
+        if self._autocommit:
+            conn.execution_options(isolation_level=conn.default_isolation_level)
+            self._autocommit = False
+        self._attempt = open_attempt(conn, where)
+        return self._attempt
+
+    def _drop_attempt(self) -> None:
+        """Undo what the last attempt left open: roll it back, or close the connection under it."""
+        attempt, self._attempt = self._attempt, None
+        if attempt is None:
+            return
+        if attempt.done.is_set():
+            attempt.rollback()
+            return
+        # Its thread still runs (it timed out): it must not write into
+        # anything that follows. Closing the connection rolls its
+        # transaction back on the server and fails its next statement.
+        attempt.closed = True
+        attempt.conn.invalidate()
+        self._claim.forget()
+        self._reclaim = True
+
+    def _commit_attempt(self, change: Change) -> str | None:
+        """Commit ``change`` in the transaction of the attempt that succeeded, with its writes."""
+        attempt, self._attempt = self._attempt, None
+        assert attempt is not None and attempt.succeeded and attempt.done.is_set()
+        expected = self._version
+        values = dict(change.workflow, version=expected + 1)
+        self._claim.write_values(values)
+        release = self._has_locks and values.get("status") in _RELEASING_VALUES
+        try:
+            if self._storage.dialect == "postgresql" and len(change.steps) <= 1 and not (
+                    change.new_steps or change.removed_steps or release):
+                reason = self._write_one_statement(attempt.conn, change, values, expected)
+            else:
+                reason = self._write_statements(attempt.conn, change, values, expected)
+            attempt.conn.commit()
+        except SagaLockedError:
+            attempt.rollback()
+            raise
+        except Exception as exc:
+            attempt.rollback()
+            if _is_disconnect(exc):
+                self._claim.forget()
+                self._reclaim = True
+                raise StorageError(
+                    f"lost the connection to {self._storage.url} while committing a transactional step "
+                    f"of saga {self._saga_id!r}; the saga stays resumable: if the commit did not land, "
+                    "the step runs again with none of its writes kept", saga_id=self._saga_id) from exc
+            raise self._write_failed(exc) from exc
+        self._version = expected + 1
+        if change.workflow.get("status") in _TERMINAL_VALUES and (reason is None or not change.unless_cancelled):
+            self._claim.ended()
+        return reason
+
+    # -- commits ------------------------------------------------------------
+
     def write(self, change: Change) -> str | None:
+        if change.with_step_writes and self._attempt is not None and self._attempt.succeeded:
+            return self._commit_attempt(change)
+        self._drop_attempt()  # a failed (or discarded) attempt's writes never land
         expected = self._version
         reason: str | None = None
         deadline = time.monotonic() + self._storage.reconnect_timeout
         delay = 0.05
-        replay = False
+        replay = self._reclaim
         while True:
             try:
                 conn = self._connection()
@@ -472,6 +552,7 @@ class SqlSession:
             replay = True
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+        self._reclaim = False
         self._version = expected + 1
         if change.workflow.get("status") in _TERMINAL_VALUES and (reason is None or not change.unless_cancelled):
             self._claim.ended()
@@ -512,20 +593,26 @@ class SqlSession:
             with self._transaction(conn, one_statement=True):
                 return self._write_one_statement(conn, change, values, expected)
         with self._transaction(conn):
-            reason = self._update_workflow(conn, values, expected, change.unless_cancelled)
-            if release and (reason is None or not change.unless_cancelled):
-                conn.execute(RELEASE_LOCKS, {"w_id": self._saga_id})
-            for name, step_values in change.steps.items():
-                conn.execute(UPDATE_STEP, dict(step_values, s_workflow_id=self._saga_id, s_name=name))
-            if change.new_steps:
-                conn.execute(INSERT_STEPS, [
-                    dict(workflow_id=self._saga_id, name=s.name, position=s.position,
-                         idempotency_key=s.idempotency_key, status=StepStatus.PENDING.value, attempts=0)
-                    for s in change.new_steps
-                ])
-            if change.removed_steps:
-                conn.execute(delete(steps_table).where(steps_table.c.workflow_id == self._saga_id,
-                                                       steps_table.c.name.in_(change.removed_steps)))
+            return self._write_statements(conn, change, values, expected)
+
+    def _write_statements(self, conn: Connection, change: Change, values: dict[str, Any],
+                          expected: int) -> str | None:
+        """The statements of a commit of several, inside the transaction open on ``conn``."""
+        release = self._has_locks and values.get("status") in _RELEASING_VALUES
+        reason = self._update_workflow(conn, values, expected, change.unless_cancelled)
+        if release and (reason is None or not change.unless_cancelled):
+            conn.execute(RELEASE_LOCKS, {"w_id": self._saga_id})
+        for name, step_values in change.steps.items():
+            conn.execute(UPDATE_STEP, dict(step_values, s_workflow_id=self._saga_id, s_name=name))
+        if change.new_steps:
+            conn.execute(INSERT_STEPS, [
+                dict(workflow_id=self._saga_id, name=s.name, position=s.position,
+                     idempotency_key=s.idempotency_key, status=StepStatus.PENDING.value, attempts=0)
+                for s in change.new_steps
+            ])
+        if change.removed_steps:
+            conn.execute(delete(steps_table).where(steps_table.c.workflow_id == self._saga_id,
+                                                   steps_table.c.name.in_(change.removed_steps)))
         return reason
 
     def _write_one_statement(self, conn: Connection, change: Change, values: dict[str, Any],
