@@ -86,6 +86,7 @@ def _console_block(page: str, command: str) -> list[str]:
     ("how-to/dead-letter.md", "dead_letter.py"),
     ("concepts/pivot.md", "order_pivot.py"),
     ("concepts/locks.md", "transfer.py"),
+    ("how-to/transactional-steps.md", "outbox.py"),
 ])
 def test_shown_output_is_what_the_example_prints(page: str, example: str, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(EXAMPLES / example)], cwd=tmp_path, capture_output=True,

@@ -21,7 +21,7 @@ def run_example(name: str, cwd: Path, *args: str) -> str:
 
 def test_every_example_is_tested() -> None:
     tested = {"quickstart.py", "order_parallel.py", "service.py", "dead_letter.py", "order_pivot.py",
-              "transfer.py"}
+              "transfer.py", "outbox.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -52,6 +52,14 @@ def test_order_parallel_retries_payment_and_runs_two_steps_at_once(tmp_path: Pat
     assert ("=> o-101 failed at 'book_shipping' (no courier available); undone in this order: "
             "release_stock, refund") in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outbox_writes_each_row_and_message_once_and_relays_them_in_order(tmp_path: Path) -> None:
+    out = run_example("outbox.py", tmp_path)
+    assert [line.split("published ")[1] for line in out.splitlines() if "published" in line] == [
+        "order.created A1", "order.confirmed A1", "order.created A2", "order.voided A2"]
+    assert "relayed 0 messages on the next pass" in out
+    assert out.endswith("orders: A1 confirmed\norders: A2 voided\n")
 
 
 def test_service_runs_sagas_per_request_on_its_worker(tmp_path: Path) -> None:
@@ -95,7 +103,7 @@ def test_transfer_refuses_then_queues_a_transfer_on_a_held_account(tmp_path: Pat
 
 
 @pytest.mark.parametrize("name", ["quickstart.py", "order_parallel.py", "service.py", "dead_letter.py",
-                                  "order_pivot.py", "transfer.py"])
+                                  "order_pivot.py", "transfer.py", "outbox.py"])
 def test_examples_have_a_docstring_saying_how_to_run_them(name: str) -> None:
     source = (EXAMPLES / name).read_text()
     assert source.startswith('"""') and f"python examples/{name}" in source
