@@ -109,10 +109,13 @@ class Worker:
         self._in_flight: dict[str, Future[None]] = {}
         self._guard = threading.Lock()
         self._quarantine: dict[str, tuple[float, float]] = {}
+        #: Set when a saga it drove finishes, so a worker with every slot busy polls again at once.
+        self._slot_freed = threading.Event()
 
     def stop(self) -> None:
         """Ask the worker to stop claiming sagas; running ones finish first."""
         self._stop.set()
+        self._slot_freed.set()
 
     @property
     def stopping(self) -> bool:
@@ -127,8 +130,8 @@ class Worker:
         try:
             while not self._stop.is_set():
                 started = self._poll_once(pool)
-                if started:
-                    continue
+                if started is None or started:
+                    continue  # every slot was busy until one freed up, or it started sagas: poll again
                 with self._guard:
                     busy = bool(self._in_flight)
                 if not busy:
@@ -144,7 +147,8 @@ class Worker:
             logger.info("worker stopped: %s", self.stats)
         return self.stats
 
-    def _poll_once(self, pool: ThreadPoolExecutor) -> int:
+    def _poll_once(self, pool: ThreadPoolExecutor) -> int | None:
+        """Start what it can; how many it started, or None if every slot was busy (it waited for one)."""
         now = time.monotonic()
         with self._guard:
             free = self.concurrency - len(self._in_flight)
@@ -153,8 +157,10 @@ class Worker:
             skip = set(self._in_flight) | {saga_id for saga_id, (until, _) in self._quarantine.items()
                                            if until > now}
         if free <= 0:
-            self._stop.wait(min(self.poll_interval, 0.05))
-            return 0
+            # Poll again as soon as a saga finishes, not a poll interval later.
+            self._slot_freed.wait(self.poll_interval)
+            self._slot_freed.clear()
+            return None
         try:
             candidates = self.engine.storage.recoverable(self.engine.clock.now(), free, exclude=skip)
         except Exception:
@@ -177,6 +183,7 @@ class Worker:
         finally:
             with self._guard:
                 self._in_flight.pop(saga_id, None)
+        self._slot_freed.set()
         with self._guard:
             setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
             if outcome in ("completed", "failed", "cancelled", "dead_lettered"):

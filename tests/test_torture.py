@@ -28,10 +28,12 @@ def test_sagas_survive_killed_workers_and_a_server_restart(capsys: pytest.Captur
     assert report.duplicates == 0
     assert report.lost == 0
     assert report.orphans == 0
-    assert report.completed + report.failed + report.dead_letter == 300
+    assert report.completed + report.failed + report.dead_letter + report.cancelled_at_end == 300
     assert report.kills >= 20, "the supervisor should have killed workers throughout"
     assert report.server_restarts == 1
     assert report.resumes > 0, "killed workers should have left sagas for other workers to finish"
     assert report.dead_letter > 0 and report.failed > 0 and report.completed > 0
     assert report.lock_overlaps == 0
     assert report.past_pivot > 0, "pivot sagas should have passed their pivot"
+    assert report.tx_steps > 0, "transactional sagas should have been checked row by row"
+    assert report.cancelled > 0, "the supervisor should have cancelled running sagas"

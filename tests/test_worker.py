@@ -241,3 +241,16 @@ def test_a_submitted_saga_s_budget_starts_when_a_worker_takes_it(engine: SagaEng
     assert record is not None and record.status == "completed"
     assert record.started_at == record.created_at + timedelta(minutes=20)
     assert effects(tmp_path) == ["do a", "do b", "do c"]
+
+
+def test_a_worker_that_stops_when_idle_drains_many_more_sagas_than_its_slots(engine: SagaEngine,
+                                                                             tmp_path: Path) -> None:
+    for i in range(40):
+        engine.submit(ThreeSteps, Job(f"m{i}", str(tmp_path)), saga_id=f"m{i}", idempotency_key="k")
+    # All its slots busy is not idle: it must not stop while sagas wait (it
+    # used to, after the first few). With slots full it polls again as soon
+    # as one frees up, so the long poll interval does not slow the drain.
+    worker = Worker(engine, concurrency=2, poll_interval=2.0, stop_when_idle=True)
+    stats = worker.run()
+    assert engine.count(WorkflowStatus.PENDING) == 0
+    assert stats.completed == 40

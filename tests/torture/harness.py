@@ -17,7 +17,7 @@ from typing import Callable
 
 import psycopg
 
-from sagadsl import SagaEngine, migrate
+from sagadsl import InvalidStateError, SagaEngine, StorageError, WorkflowStatus, migrate
 
 from .cluster import ThrowawayCluster
 from .sagas import FAMILIES, LEDGER_SQL, PIVOT, SAGAS, Plan
@@ -47,6 +47,12 @@ class Report:
     #: Pairs of sagas that ran while both holding one semantic lock key (must be 0).
     lock_overlaps: int = 0
     past_pivot: int = 0
+    #: Sagas the supervisor asked to cancel while they ran, and whose cancel was accepted.
+    cancelled: int = 0
+    #: Sagas that ended ``cancelled``.
+    cancelled_at_end: int = 0
+    #: Transactional steps whose rows were checked: one per completed step, none otherwise.
+    tx_steps: int = 0
     orphans: int = 0
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -57,6 +63,7 @@ class Report:
                 f"server_restarts={self.server_restarts} executions={self.executions} "
                 f"resumes={self.resumes} reruns={self.reruns} duplicates={self.duplicates} lost={self.lost} "
                 f"orphans={self.orphans} past_pivot={self.past_pivot} lock_overlaps={self.lock_overlaps} "
+                f"cancelled={self.cancelled} tx_steps={self.tx_steps} "
                 f"seconds={self.seconds:.1f}")
 
 
@@ -93,6 +100,7 @@ class Torture:
         self.budget = minutes * 60
         self.progress = progress
         self.report = Report(sagas=sagas)
+        self._cancelled: set[str] = set()
 
     def run(self) -> Report:
         cluster = ThrowawayCluster().start()
@@ -113,7 +121,7 @@ class Torture:
     def _terminal(self, url: str) -> int:
         with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=5) as c:
             row = c.execute("SELECT count(*) FROM sagadsl_workflows WHERE status IN "
-                            "('completed', 'failed', 'dead_letter')").fetchone()
+                            "('completed', 'failed', 'dead_letter', 'cancelled')").fetchone()
             return int(row[0]) if row else 0
 
     def _run(self, cluster: ThrowawayCluster) -> Report:
@@ -128,7 +136,6 @@ class Torture:
             saga_id = f"t-{i:05d}"
             engine.submit(SAGAS[family, steps], _plan(self.rng, saga_id, url, steps, family), saga_id=saga_id,
                           idempotency_key=f"{saga_id}-k")
-        engine.close()
 
         started = time.monotonic()
         procs = [self._spawn(url) for _ in range(self.workers)]
@@ -145,6 +152,7 @@ class Torture:
                     self.progress(done, self.n)
                 if done >= self.n:
                     break
+                self._cancel_some(engine)
                 victim = self.rng.randrange(len(procs))
                 os.kill(procs[victim].pid, signal.SIGKILL)
                 procs[victim].wait()
@@ -166,9 +174,24 @@ class Torture:
                     proc.wait(20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        engine.close()
         self.report.seconds = time.monotonic() - started
         self._check(url)
         return self.report
+
+    def _cancel_some(self, engine: SagaEngine) -> None:
+        """Cancel a plain saga that is running now; a cancel it refuses is as fine as one it takes."""
+        running = [w.id for w in engine.query(WorkflowStatus.PENDING, limit=50).workflows
+                   if w.started_at is not None and w.saga_name.startswith("torture.plain.")]
+        if not running:
+            return
+        saga_id = self.rng.choice(running)
+        try:
+            engine.cancel(saga_id, "the torture supervisor")
+        except (InvalidStateError, StorageError):
+            return
+        self._cancelled.add(saga_id)
+        self.report.cancelled = len(self._cancelled)
 
     def _check(self, url: str) -> None:
         r = self.report
@@ -177,6 +200,14 @@ class Torture:
             r.completed = statuses.get("completed", 0)
             r.failed = statuses.get("failed", 0)
             r.dead_letter = statuses.get("dead_letter", 0)
+            cancelled_at_end = r.cancelled_at_end = statuses.get("cancelled", 0)
+            asked = c.execute("SELECT count(*) FROM sagadsl_workflows WHERE cancel_reason IS NOT NULL "
+                              "AND status NOT IN ('cancelled', 'dead_letter')").fetchone()[0]  # type: ignore[index]
+            if asked:
+                r.problems.append(f"{asked} sagas were asked to cancel and ended neither cancelled nor in "
+                                  "dead letter")
+            if cancelled_at_end > r.cancelled:
+                r.problems.append(f"{cancelled_at_end} sagas cancelled, but only {r.cancelled} cancels accepted")
             r.not_terminal = statuses.get("pending", 0) + statuses.get("compensating", 0)
             if r.not_terminal:
                 r.problems.append(f"{r.not_terminal} sagas are not terminal")
@@ -192,13 +223,19 @@ class Torture:
             r.orphans = c.execute(
                 "SELECT count(*) FROM torture_effects e WHERE NOT EXISTS "
                 "(SELECT 1 FROM sagadsl_workflows w WHERE w.id = e.saga_id)").fetchone()[0]  # type: ignore[index]
+            tx_rows = c.execute(
+                "SELECT s.workflow_id, s.name, s.status, "
+                "  (SELECT count(*) FROM torture_tx_rows t WHERE t.saga_id = s.workflow_id AND t.step = s.name) "
+                "FROM sagadsl_steps s JOIN sagadsl_workflows w ON w.id = s.workflow_id "
+                "WHERE w.saga_name LIKE 'torture.transactional.%'").fetchall()
             rows = c.execute(
                 "SELECT w.id, w.status, w.compensation_error, s.name, s.status, "
                 "  EXISTS (SELECT 1 FROM torture_effects e WHERE e.saga_id = w.id AND e.step = s.name "
                 "          AND e.kind = 'do'), "
                 "  EXISTS (SELECT 1 FROM torture_effects e WHERE e.saga_id = w.id AND e.step = s.name "
                 "          AND e.kind = 'undo') "
-                "FROM sagadsl_workflows w JOIN sagadsl_steps s ON s.workflow_id = w.id").fetchall()
+                "FROM sagadsl_workflows w JOIN sagadsl_steps s ON s.workflow_id = w.id "
+                "WHERE w.saga_name NOT LIKE 'torture.transactional.%'").fetchall()
             r.past_pivot = c.execute("SELECT count(*) FROM sagadsl_workflows WHERE past_pivot").fetchone()[0]  # type: ignore[index]
             spans = c.execute(
                 "SELECT w.locks ->> 0, e.saga_id, min(e.at), max(e.at) FROM torture_executions e "
@@ -218,6 +255,14 @@ class Torture:
                 r.problems.append(f"{last[key][0]} and {saga_id} both ran holding {key}")
             if key not in last or end > last[key][1]:  # type: ignore[operator]
                 last[key] = (saga_id, end)
+        for saga_id, step_name, step_status, count in tx_rows:
+            r.tx_steps += 1
+            expected = 1 if step_status in ("completed", "compensation_failed") else 0
+            if count != expected:
+                r.lost += count < expected
+                r.duplicates += count > expected
+                r.problems.append(f"{saga_id} transactional step {step_name} ({step_status}): {count} rows, "
+                                  f"expected {expected}")
         for saga_id, status, comp_error, step_name, step_status, done, undone in rows:
             expected_do, expected_undo = _expected(status, step_status)
             if done != expected_do or undone != expected_undo:
