@@ -30,7 +30,7 @@ from sagadsl.storage.schema import (
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {"sagadsl_workflows", "sagadsl_steps", "sagadsl_status_counts", "sagadsl_locks"}
-HEAD = "sagadsl_0006"
+HEAD = "sagadsl_0007"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -153,6 +153,7 @@ class TestAlembicCommandLine:
         assert "Running upgrade sagadsl_0003 -> sagadsl_0004" in done.stderr
         assert "Running upgrade sagadsl_0004 -> sagadsl_0005" in done.stderr
         assert "Running upgrade sagadsl_0005 -> sagadsl_0006" in done.stderr
+        assert "Running upgrade sagadsl_0006 -> sagadsl_0007" in done.stderr
         engine = create_engine(url)
         try:
             assert _revision(engine, None) == HEAD
@@ -398,3 +399,17 @@ class TestIncludedInAUsersOwnHistory:
         finally:
             engine.dispose()
 
+
+
+def test_no_index_holds_a_column_that_every_step_commit_changes(sqlite_url: str) -> None:
+    # A step commit writes these; were any of them indexed, PostgreSQL could
+    # not make the update HOT and would add an entry to every index per step.
+    per_step = {"updated_at", "current_step", "stuck_after", "version", "claims", "lease_expires_at"}
+    SqlStorage(sqlite_url).close()
+    engine = create_engine(sqlite_url)
+    try:
+        indexed = {column for index in inspect(engine).get_indexes("sagadsl_workflows")
+                   for column in index["column_names"]}
+    finally:
+        engine.dispose()
+    assert indexed and not indexed & per_step

@@ -77,7 +77,7 @@ class Change:
 #: the claim's release), the pivot's start and its passing. The rest of the
 #: commit (a step's result, the current step) lands either way.
 GUARDED_COLUMNS = frozenset({"status", "stuck_after", "past_pivot", "pivot_started", "owner",
-                             "lease_expires_at"})
+                             "lease_expires_at", "finished_at"})
 
 #: What ``cancel`` did: ended a saga that had not started, or asked its executor to.
 CancelOutcome = Literal["cancelled", "requested"]

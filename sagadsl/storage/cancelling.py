@@ -30,7 +30,7 @@ def cancel_waiting(reason: str, now: datetime) -> Executable:
     return (update(wf_table)
             .where(wf_table.c.id == bindparam("w_id"), wf_table.c.status == _PENDING,
                    wf_table.c.started_at.is_(None))
-            .values(status=WorkflowStatus.CANCELLED.value, cancel_reason=reason, updated_at=now,
+            .values(status=WorkflowStatus.CANCELLED.value, cancel_reason=reason, updated_at=now, finished_at=now,
                     stuck_after=None, owner=None, lease_expires_at=None, version=wf_table.c.version + 1)
             .returning(wf_table.c.id))
 

@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from typing import Any, Callable, Collection, Iterator, Sequence, TypeVar
 
-from sqlalchemy import case, delete, func, insert, null, select, update
+from sqlalchemy import and_, case, delete, func, insert, null, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
@@ -198,7 +198,10 @@ class SqlStorage:
         wanted = [s.value for s in statuses if s not in ACTIVE_STATUSES]
         if not wanted or batch < 1:
             return 0
-        matching = (c.status.in_(wanted), c.updated_at < before)
+        # finished_at is updated_at as of the commit that ended the saga; a row
+        # written by other means may lack it, and goes by updated_at.
+        matching = (c.status.in_(wanted),
+                    or_(c.finished_at < before, and_(c.finished_at.is_(None), c.updated_at < before)))
         # The ids first, then the rows: PostgreSQL may run a LIMIT ... FOR
         # UPDATE subquery of ``DELETE ... WHERE id IN (...)`` more than once,
         # deleting more than a batch in one transaction.
@@ -227,7 +230,7 @@ class SqlStorage:
                        wf_table.c.status == WorkflowStatus.DEAD_LETTER.value,
                        wf_table.c.retry_count < max_retries)
                 .values(status=WorkflowStatus.PENDING.value, retry_count=wf_table.c.retry_count + 1,
-                        started_at=now, updated_at=now, stuck_after=now, owner=None,
+                        started_at=now, updated_at=now, stuck_after=now, owner=None, finished_at=None,
                         lease_expires_at=None, version=wf_table.c.version + 1, claims=0,
                         **_cleared_engine_failure())
                 .returning(wf_table.c.retry_count))
@@ -480,7 +483,7 @@ class SqlSession:
         attempt, self._attempt = self._attempt, None
         assert attempt is not None and attempt.succeeded and attempt.done.is_set()
         expected = self._version
-        values = dict(change.workflow, version=expected + 1)
+        values = _row_values(change, expected)
         self._claim.write_values(values)
         release = self._has_locks and values.get("status") in _RELEASING_VALUES
         try:
@@ -584,7 +587,7 @@ class SqlSession:
         return False, None
 
     def _write_once(self, conn: Connection, change: Change, expected: int) -> str | None:
-        values = dict(change.workflow, version=expected + 1)
+        values = _row_values(change, expected)
         self._claim.write_values(values)
         release = self._has_locks and values.get("status") in _RELEASING_VALUES
         if self._storage.single_statement_autocommit and len(change.steps) <= 1 and not (
@@ -664,3 +667,11 @@ class SqlSession:
 _RELEASING_VALUES = frozenset(s.value for s in WorkflowStatus
                               if s.is_terminal and s != WorkflowStatus.DEAD_LETTER)
 _TERMINAL_VALUES = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
+
+
+def _row_values(change: Change, expected: int) -> dict[str, Any]:
+    """The saga row's values of a commit: the change's, the next version, and when it ended."""
+    values = dict(change.workflow, version=expected + 1)
+    if values.get("status") in _TERMINAL_VALUES:
+        values.setdefault("finished_at", values.get("updated_at"))
+    return values
