@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, Text, bindparam, case, delete, exists, func, insert, literal, literal_column
 from sqlalchemy import select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Executable, Update
 
 from ..status import ACTIVE_STATUSES, StepStatus
 from .base import GUARDED_COLUMNS
@@ -67,7 +67,7 @@ def update_workflow(workflow_columns: tuple[str, ...], unless_cancelled: bool) -
 
 @functools.lru_cache(maxsize=64)
 def update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: tuple[str, ...],
-                             unless_cancelled: bool = False) -> Executable:
+                             unless_cancelled: bool = False) -> Update:
     """One PostgreSQL statement that updates the saga row and one of its step rows.
 
     The saga row's UPDATE is a data-modifying CTE fenced by ``version``; the
