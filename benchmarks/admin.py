@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine

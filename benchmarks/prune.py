@@ -19,20 +19,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import create_engine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sagadsl import Saga, SagaEngine, migrate, step  # noqa: E402
-from sagadsl.storage import SqlStorage  # noqa: E402
-from sagadsl.storage.schema import recount_statuses  # noqa: E402
+from sagadsl import Saga, SagaEngine, migrate, step
+from sagadsl.storage import SqlStorage
+from sagadsl.storage.schema import recount_statuses
 
 DEFAULT_URL = "postgresql+psycopg://root@127.0.0.1/test"
 SCHEMA = "sagadsl_bench_prune"
@@ -120,7 +116,7 @@ class SagaLoop(threading.Thread):
             started = time.perf_counter()
             try:
                 self.engine.run(Live, Tick(n), saga_id=f"live-{n}", idempotency_key="k")
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - the main thread reports it
                 self.error = exc
                 return
             finished = time.perf_counter()

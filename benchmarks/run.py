@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/run.py                       # full run (a few minutes; first run loads 1M rows)
-    python benchmarks/run.py --quick               # under two minutes
+    python benchmarks/run.py --quick               # under three minutes
     python benchmarks/run.py --json out.json       # also write the figures for comparison across commits
     python benchmarks/run.py --database-url postgresql+psycopg://user@host/db --skip-admin
 
@@ -22,15 +22,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import admin  # noqa: E402
-import tracing  # noqa: E402
-import workloads as w  # noqa: E402
+# Run as a script, this file's directory is on sys.path: the modules beside it import as is.
+import admin
+import peer_dbos
+import pgstats
+import scaleout
+import tracing
+import workloads as w
+from sqlalchemy.engine import make_url
 
 DEFAULT_URL = "postgresql+psycopg://root@127.0.0.1/test"
 ADMIN_ROWS = 1_000_000
@@ -48,12 +53,21 @@ class Sizes:
     hundred_step_sagas: int
     sqlite_commits: int
     sqlite_sagas: int
+    dbos_workflows: int
+    dbos_per_thread: int
+    scaleout_sagas: int
 
 
 FULL = Sizes(baseline_commits=1000, sequential_sagas=300, baseline_per_thread=250, sagas_per_thread=60,
-             hundred_step_sagas=6, sqlite_commits=500, sqlite_sagas=200)
+             hundred_step_sagas=6, sqlite_commits=500, sqlite_sagas=200, dbos_workflows=300, dbos_per_thread=60,
+             scaleout_sagas=600)
 QUICK = Sizes(baseline_commits=400, sequential_sagas=150, baseline_per_thread=100, sagas_per_thread=25,
-              hundred_step_sagas=3, sqlite_commits=200, sqlite_sagas=80)
+              hundred_step_sagas=3, sqlite_commits=200, sqlite_sagas=80, dbos_workflows=100, dbos_per_thread=15,
+              scaleout_sagas=200)
+#: DESIGN §6: sagadsl's 3-step saga against DBOS's 3-step workflow.
+DBOS_THROUGHPUT = 5.0
+DBOS_CPU = 0.1
+DBOS_WAL = 0.5
 
 
 @dataclass
@@ -90,9 +104,10 @@ class Report:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False,
+                               capture_output=True,
                                text=True, cwd=Path(__file__).resolve().parent, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -105,53 +120,149 @@ def _log(message: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report) -> None:
+class DbosSide:
+    """The DBOS peer of one run: its child process, its database and what it measured."""
+
+    def __init__(self, python: Path, url: str) -> None:
+        self.server = w.libpq_dsn(url)
+        self.dsn = peer_dbos.create_database(self.server)
+        self.peer = peer_dbos.DbosPeer(python, self.dsn)
+        self.version = self.peer.info["dbos"]
+        self.peer.request("warm_up", n=20)
+
+    def close(self) -> None:
+        self.peer.close()
+
+    def drop(self) -> None:
+        peer_dbos.drop_database(self.server)
+
+
+def _wal_around(meter: pgstats.WalMeter, owned: frozenset[str], run: Callable[[], Any], units: int,
+                into: dict[str, list[float]], by_relation: dict[str, list[int]], key: str) -> Any:
+    """Run ``run()``, recording WAL bytes and records per unit under ``key``, and by relation.
+
+    ``{key}_wal_bytes`` and ``{key}_wal_records`` are the workload's own (its
+    ``owned`` relations and their transactions' commits); ``{key}_wal_bytes_cluster``
+    is everything the cluster wrote meanwhile.
+    """
+    before = meter.mark()
+    result = run()
+    delta = meter.since(before, owned)
+    into[f"{key}_wal_bytes"].append(delta.own_bytes / units)
+    into[f"{key}_wal_records"].append(delta.own_records / units)
+    into[f"{key}_wal_bytes_cluster"].append(delta.bytes / units)
+    pgstats.add_relations(by_relation, delta)
+    return result
+
+
+def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report,
+                     dbos_python: Path | None = None) -> None:
     w.prepare_pg(url)
     engine = w.pg_engine(url)
     runner = w.SagaRunner(engine)
     meter = w.PgBytes(url)
-    samples: dict[str, list[float]] = {k: [] for k in (
-        "base1", "base8", "seq", "seq_cpu", "replay", "seq_async", "threads", "tasks", "hundred")}
+    wal = pgstats.WalMeter(w.libpq_dsn(url), w.BENCH_SCHEMA)
+    samples: dict[str, list[float]] = defaultdict(list)
     stored = {3: [0, 0], 100: [0, 0]}  # steps -> [bytes, steps]
-    wal = {3: [0, 0], 100: [0, 0]}
+    wal_steps = {3: [0, 0], 100: [0, 0]}
+    hot: dict[str, list[pgstats.TableUpdates]] = {}
+    by_relation: dict[str, dict[str, list[int]]] = {"sagadsl": {}, "dbos": {}}
     replay = None
+    dbos = None
     try:
+        if dbos_python is not None:
+            _log("starting the DBOS peer")
+            dbos = DbosSide(dbos_python, url)
+            report.meta["dbos"] = dbos.version
         w.warm_up(runner, w.ThreeSteps, w.ThreeAsyncSteps, w.HundredSteps)
         replay = w.SqlReplay(url, engine, w.ThreeSteps)
         replay.sequential(10)  # psycopg prepares the statements
-        for r in range(1, rounds + 1):
-            _log(f"PostgreSQL round {r}/{rounds}")
-            samples["base1"].append(w.pg_baseline(url, 1, sizes.baseline_commits))
+        wal.learn_relations(w.libpq_dsn(url))
+        ours = wal.owned(str(make_url(url).database), w.BENCH_SCHEMA)
+        if dbos is not None:
+            wal.learn_relations(dbos.dsn)
+        theirs = wal.owned(peer_dbos.DATABASE)
+
+        def sagadsl_sequential() -> None:
             before = meter.snapshot()
-            rate, cpu = runner.sequential_with_cpu(w.ThreeSteps, sizes.sequential_sagas)
+            rate, cpu = _wal_around(wal, ours,
+                                    lambda: runner.sequential_with_cpu(w.ThreeSteps, sizes.sequential_sagas),
+                                    sizes.sequential_sagas, samples, by_relation["sagadsl"], "seq")
             samples["seq"].append(rate)
             samples["seq_cpu"].append(cpu * 1e6)
             grew, wrote = meter.delta(before)
             stored[3][0] += grew
-            wal[3][0] += wrote
+            wal_steps[3][0] += wrote
             stored[3][1] += 3 * sizes.sequential_sagas
-            wal[3][1] += 3 * sizes.sequential_sagas
+            wal_steps[3][1] += 3 * sizes.sequential_sagas
+
+        def dbos_sequential() -> None:
+            assert dbos is not None
+            rate, cpu = _wal_around(wal, theirs, lambda: dbos.peer.sequential(sizes.dbos_workflows),
+                                    sizes.dbos_workflows, samples, by_relation["dbos"], "dbos_seq")
+            samples["dbos_seq"].append(rate)
+            samples["dbos_seq_cpu"].append(cpu * 1e6)
+
+        def sagadsl_threads() -> None:
+            samples["threads"].append(runner.threads(w.ThreeSteps, 8, sizes.sagas_per_thread))
+
+        def dbos_threads() -> None:
+            assert dbos is not None
+            samples["dbos_threads"].append(dbos.peer.threads(8, sizes.dbos_per_thread))
+
+        for r in range(1, rounds + 1):
+            _log(f"PostgreSQL round {r}/{rounds}")
+            base, base_cpu = w.pg_baseline_with_cpu(url, 1, sizes.baseline_commits)
+            samples["base1"].append(base)
+            samples["base1_cpu"].append(base_cpu * 1e6)
+            # Alternate who goes first, so drift within a round favours neither.
+            pair = [sagadsl_sequential] + ([dbos_sequential] if dbos else [])
+            for run in pair if r % 2 else pair[::-1]:
+                run()
             samples["replay"].append(replay.sequential(sizes.sequential_sagas))
             samples["seq_async"].append(runner.sequential(w.ThreeAsyncSteps, sizes.sequential_sagas))
             before = meter.snapshot()
             samples["hundred"].append(runner.sequential(w.HundredSteps, sizes.hundred_step_sagas))
             grew, wrote = meter.delta(before)
             stored[100][0] += grew
-            wal[100][0] += wrote
+            wal_steps[100][0] += wrote
             stored[100][1] += 100 * sizes.hundred_step_sagas
-            wal[100][1] += 100 * sizes.hundred_step_sagas
+            wal_steps[100][1] += 100 * sizes.hundred_step_sagas
             samples["base8"].append(w.pg_baseline(url, 8, sizes.baseline_per_thread))
-            samples["threads"].append(runner.threads(w.ThreeSteps, 8, sizes.sagas_per_thread))
+            pair = [sagadsl_threads] + ([dbos_threads] if dbos else [])
+            for run in pair if r % 2 else pair[::-1]:
+                run()
             samples["tasks"].append(runner.tasks(w.ThreeSteps, 8, sizes.sagas_per_thread))
+
+        # A backend flushes its table counters when its connection closes: close them, then read.
+        replay.close()
+        engine.close()
+        if dbos is not None:
+            dbos.close()
+        time.sleep(1.0)
+        hot = {"pg": pgstats.table_updates(w.libpq_dsn(url), (w.BENCH_SCHEMA,)),
+               "dbos": pgstats.table_updates(dbos.dsn, ("dbos",)) if dbos else []}
+        report.meta["wal_by_relation"] = {
+            "sagadsl 3-step saga": pgstats.per_unit(pgstats.named(wal, by_relation["sagadsl"]),
+                                                    rounds * sizes.sequential_sagas),
+            **({"DBOS 3-step workflow": pgstats.per_unit(pgstats.named(wal, by_relation["dbos"]),
+                                                         rounds * sizes.dbos_workflows)} if dbos else {}),
+        }
     finally:
         if replay is not None:
             replay.close()
+        if dbos is not None:
+            dbos.close()
+            dbos.drop()
+        wal.close()
         meter.close()
         engine.close()
         w.drop_pg(url)
 
     base1 = report.add(Figure("pg.baseline.1_thread", "commits/s", samples["base1"],
                               note="plain psycopg, INSERT + COMMIT"))
+    report.add(Figure("pg.baseline.cpu_us", "us/commit", samples["base1_cpu"],
+                      note="this process's CPU per baseline commit, for reference"))
     base8 = report.add(Figure("pg.baseline.8_threads", "commits/s", samples["base8"],
                               note="plain psycopg, 8 connections"))
     seq = report.add(Figure("pg.saga3.sequential", "sagas/s", samples["seq"], baseline=base1.name,
@@ -164,6 +275,7 @@ def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report) -> Non
     floor.ratio = floor.median / (base1.median / 4)
     report.add(Figure("pg.saga3.sequential_cpu_us", "us/saga", samples["seq_cpu"],
                       note="this process's CPU per sequential saga: the engine's share; no target"))
+    _add_wal_figures(report, "pg.saga3", "saga", samples, "seq", wal)
     seq_async = report.add(Figure("pg.saga3.sequential_async_steps", "sagas/s", samples["seq_async"],
                                   baseline=base1.name, note="the same with async def steps; no target"))
     seq_async.ratio = seq_async.median / (base1.median / 4)
@@ -188,11 +300,102 @@ def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report) -> Non
                              note="ratio = 100-step / 3-step"))
     b100.ratio = b100.median / b3.median
     b100.passed = b100.ratio <= 1.20
-    w3 = report.add(Figure("pg.wal_bytes_per_step.3_steps", "bytes/step", [wal[3][0] / wal[3][1]],
+    w3 = report.add(Figure("pg.wal_bytes_per_step.3_steps", "bytes/step", [wal_steps[3][0] / wal_steps[3][1]],
                            note="cluster-wide WAL: includes other sessions"))
-    w100 = report.add(Figure("pg.wal_bytes_per_step.100_steps", "bytes/step", [wal[100][0] / wal[100][1]],
+    w100 = report.add(Figure("pg.wal_bytes_per_step.100_steps", "bytes/step",
+                             [wal_steps[100][0] / wal_steps[100][1]],
                              baseline=w3.name, note="cluster-wide WAL: includes other sessions"))
     w100.ratio = w100.median / w3.median
+    if dbos is not None:
+        _add_dbos_figures(report, samples, dbos.version, wal)
+    for prefix, tables in hot.items():
+        _add_hot_figures(report, prefix, tables)
+
+
+def _add_wal_figures(report: Report, prefix: str, unit: str, samples: dict[str, list[float]], key: str,
+                     wal: pgstats.WalMeter) -> None:
+    """WAL bytes and records per sequential run of one workload: its own, and the whole cluster's."""
+    if wal.inspect:
+        own = "its own relations' records and their transactions' commits (pg_walinspect)"
+        records = "WAL records of the same (pg_walinspect)"
+    else:
+        own = "flush LSN diff, whole cluster: pg_walinspect is not available"
+        records = "pg_stat_wal, whole cluster: other backends flush it up to 1 s late"
+    report.add(Figure(f"{prefix}.wal_bytes", f"bytes/{unit}", samples[f"{key}_wal_bytes"],
+                      note=f"WAL per sequential {unit}: {own}"))
+    report.add(Figure(f"{prefix}.wal_records", f"records/{unit}", samples[f"{key}_wal_records"], note=records))
+    report.add(Figure(f"{prefix}.wal_bytes_cluster", f"bytes/{unit}", samples[f"{key}_wal_bytes_cluster"],
+                      note="flush LSN diff around the same runs: everything the cluster wrote meanwhile"))
+
+
+def _add_hot_figures(report: Report, prefix: str, tables: list[pgstats.TableUpdates]) -> None:
+    """One figure per table that was updated (migration bookkeeping aside): the share of HOT updates."""
+    for t in tables:
+        if t.updates and not t.table.endswith(("alembic_version", "dbos_migrations")):
+            report.add(Figure(f"{prefix}.hot_share.{t.table.split('.', 1)[-1]}", "% HOT", [100 * t.hot_share],
+                              note=f"{t.hot_updates:,} of {t.updates:,} updates HOT ({t.inserts:,} inserts), "
+                                   "whole run"))
+
+
+def _add_dbos_figures(report: Report, samples: dict[str, list[float]], version: str,
+                      wal: pgstats.WalMeter) -> None:
+    """DBOS's figures, and the DESIGN §6 targets that compare sagadsl with them."""
+    peer = f"DBOS {version}, 3 @DBOS.step in a @DBOS.workflow"
+    seq = report.add(Figure("dbos.wf3.sequential", "wf/s", samples["dbos_seq"],
+                            note=f"{peer}, one after another"))
+    threads = report.add(Figure("dbos.wf3.8_threads", "wf/s", samples["dbos_threads"],
+                                note=f"{peer}, 8 threads"))
+    cpu = report.add(Figure("dbos.wf3.sequential_cpu_us", "us/wf", samples["dbos_seq_cpu"],
+                            note="the DBOS process's CPU (user + system) per sequential workflow"))
+    _add_wal_figures(report, "dbos.wf3", "wf", samples, "dbos_seq", wal)
+    for name, ours, theirs, op, limit in (
+            ("pg.saga3.vs_dbos.sequential", "pg.saga3.sequential", seq, ">=", DBOS_THROUGHPUT),
+            ("pg.saga3.vs_dbos.8_threads", "pg.saga3.8_threads", threads, ">=", DBOS_THROUGHPUT),
+            ("pg.saga3.vs_dbos.cpu_us", "pg.saga3.sequential_cpu_us", cpu, "<=", DBOS_CPU),
+            ("pg.saga3.vs_dbos.wal_bytes", "pg.saga3.wal_bytes", report["dbos.wf3.wal_bytes"], "<=", DBOS_WAL)):
+        mine = report[ours]
+        fig = report.add(Figure(name, mine.unit, mine.samples, baseline=theirs.name, target=f"{op} {limit:.2f}",
+                                note=f"ratio = {ours} / DBOS's {_fmt(theirs.median)} {theirs.unit}"))
+        fig.ratio = fig.median / theirs.median
+        fig.passed = fig.ratio >= limit if op == ">=" else fig.ratio <= limit
+
+
+def measure_scaleout(url: str, sizes: Sizes, rounds: int, report: Report) -> None:
+    """Submitted sagas drained by 1, 2 and 4 worker processes, interleaved per round."""
+    scaleout.prepare(url)
+    engine = scaleout.engine(url)
+    counts = (1, 2, 4)
+    rates: dict[int, list[float]] = {p: [] for p in counts}
+    submitted: list[float] = []
+    try:
+        for r in range(1, rounds + 1):
+            _log(f"scale-out round {r}/{rounds}")
+            for processes in counts[r % 3:] + counts[:r % 3]:
+                started = time.perf_counter()
+                scaleout.submit(engine, f"r{r}p{processes}", sizes.scaleout_sagas)
+                submitted.append(sizes.scaleout_sagas / (time.perf_counter() - started))
+                elapsed, said = scaleout.drain(url, processes)
+                left = scaleout.pending(engine)
+                if left or said < sizes.scaleout_sagas:
+                    raise RuntimeError(f"{processes} workers completed {said} of {sizes.scaleout_sagas} "
+                                       f"sagas; {left} left")
+                rates[processes].append(sizes.scaleout_sagas / elapsed)
+    finally:
+        engine.close()
+        scaleout.drop(url)
+    report.add(Figure("pg.scaleout.submit", "sagas/s", submitted, note="engine.submit, one after another"))
+    one = None
+    for processes in counts:
+        fig = report.add(Figure(f"pg.scaleout.{processes}_process{'es' if processes > 1 else ''}", "sagas/s",
+                                rates[processes], baseline=one.name if one else None,
+                                note=f"{sizes.scaleout_sagas} submitted sagas drained by {processes} worker "
+                                     f"process(es), concurrency {scaleout.CONCURRENCY}, poll interval "
+                                     f"{scaleout.POLL_INTERVAL} s"
+                                     + ("; ratio = / 1 process" if one else "")))
+        if one is None:
+            one = fig
+        else:
+            fig.ratio = fig.median / one.median
 
 
 def measure_sqlite(sizes: Sizes, rounds: int, report: Report) -> None:
@@ -271,11 +474,23 @@ def print_report(report: Report) -> None:
         if fig.note or fig.baseline:
             vs = f"vs {fig.baseline}; " if fig.baseline else ""
             print(f"{'':42}{vs}{fig.note}")
+    _print_wal_by_relation(meta.get("wal_by_relation", {}))
     checked = [f for f in report.figures.values() if f.passed is not None]
     failed = [f.name for f in checked if not f.passed]
     print()
     print(f"{len(checked) - len(failed)}/{len(checked)} targets met" + (f"; FAILED: {', '.join(failed)}"
                                                                          if failed else ""))
+
+
+def _print_wal_by_relation(breakdown: dict[str, dict[str, list[float]]]) -> None:
+    """Where each workload's WAL went: bytes and records per saga or workflow, by relation."""
+    for workload, relations in breakdown.items():
+        print()
+        print(f"WAL per {workload}, by relation (pg_walinspect; a record counts for the first block it touches)")
+        width = max(map(len, relations), default=0)
+        for name, (size, records) in relations.items():
+            if size >= 1:
+                print(f"  {name:{width}} {_fmt(size):>8} bytes {records:6.2f} records")
 
 
 def to_json(report: Report) -> dict[str, Any]:
@@ -292,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=DEFAULT_URL,
                         help=f"PostgreSQL URL (default {DEFAULT_URL}); the benchmark works in its own "
                              f"schemas {w.BENCH_SCHEMA} (dropped after) and {admin.ADMIN_SCHEMA} (kept)")
-    parser.add_argument("--quick", action="store_true", help="smaller rounds: finishes in under two minutes")
+    parser.add_argument("--quick", action="store_true", help="smaller rounds: finishes in under three minutes")
     parser.add_argument("--repeat", type=int, default=None, metavar="N",
                         help="rounds per measurement (default 5, --quick 3)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the figures as JSON")
@@ -300,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-sqlite", action="store_true", help="skip the SQLite measurements")
     parser.add_argument("--skip-tracing", action="store_true",
                         help="skip the OpenTelemetry overhead (needs the otel and test extras)")
+    parser.add_argument("--skip-dbos", action="store_true",
+                        help=f"skip the DBOS peer (which installs DBOS into {peer_dbos.VENV} on first use)")
+    parser.add_argument("--skip-scaleout", action="store_true",
+                        help="skip draining submitted sagas with 1, 2 and 4 worker processes")
     args = parser.parse_args(argv)
 
     rounds = args.repeat or (3 if args.quick else 5)
@@ -315,7 +534,10 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": _cpu_count(), "load_before": _load_average(),
     })
     started = time.perf_counter()
-    measure_postgres(args.database_url, sizes, rounds, report)
+    dbos_python = None if args.skip_dbos else peer_dbos.ensure_venv(_log)
+    measure_postgres(args.database_url, sizes, rounds, report, dbos_python)
+    if not args.skip_scaleout:
+        measure_scaleout(args.database_url, sizes, rounds, report)
     if not args.skip_sqlite:
         measure_sqlite(sizes, rounds, report)
     if not args.skip_tracing:

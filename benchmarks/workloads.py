@@ -13,8 +13,9 @@ import threading
 import time
 import types
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from sqlalchemy import create_engine, event, text
@@ -131,7 +132,7 @@ def _timed_threads(threads: int, work: Callable[[int], None]) -> float:
         barrier.wait()
         try:
             work(i)
-        except BaseException as exc:  # reported after the join
+        except BaseException as exc:  # noqa: BLE001 - re-raised after the join
             errors.append(exc)
 
     pool = [threading.Thread(target=body, args=(i,)) for i in range(threads)]
@@ -149,6 +150,11 @@ def _timed_threads(threads: int, work: Callable[[int], None]) -> float:
 
 def pg_baseline(url: str, threads: int, per_thread: int) -> float:
     """Commits/s of plain psycopg: one single-row INSERT + COMMIT per iteration."""
+    return pg_baseline_with_cpu(url, threads, per_thread)[0]
+
+
+def pg_baseline_with_cpu(url: str, threads: int, per_thread: int) -> tuple[float, float]:
+    """Commits/s of plain psycopg, and this process's CPU seconds per commit (connecting left out)."""
     dsn = libpq_dsn(url)
     conns = [psycopg.connect(dsn) for _ in range(threads)]
     sql = f'INSERT INTO "{BENCH_SCHEMA}".baseline (payload) VALUES (%s)'
@@ -159,7 +165,11 @@ def pg_baseline(url: str, threads: int, per_thread: int) -> float:
                 conn.execute(sql, ("payload",))
                 conn.commit()
 
-        return threads * per_thread / _timed_threads(threads, work)
+        cpu = os.times()
+        elapsed = _timed_threads(threads, work)
+        after = os.times()
+        commits = threads * per_thread
+        return commits / elapsed, (after.user - cpu.user + after.system - cpu.system) / commits
     finally:
         for conn in conns:
             conn.close()
