@@ -117,6 +117,7 @@ class SagaExecutor:
         #: The failure commit already ended the saga (nothing to compensate).
         self._ended_by_failure = False
         self._completion_written = False
+        self._in_flight_unknown = False
         #: A transactional step or compensation succeeded: its writes wait, in the
         #: connection's open transaction, for the next commit (its outcome's).
         self._step_writes_pending = False
@@ -153,6 +154,9 @@ class SagaExecutor:
         self.past_pivot = record.past_pivot
         self.pivot_started = record.pivot_started
         self.cancel_reason = record.cancel_reason
+        #: Cancelled but not yet compensating when its last executor stopped: a
+        #: step may have been in flight then, its effect done but not recorded.
+        self._in_flight_unknown = record.cancel_reason is not None and record.status == WorkflowStatus.PENDING
         if self.past_pivot:
             # Resumed forward after a retry: a step that failed past the pivot runs again.
             for name, status in self.status.items():
@@ -238,6 +242,8 @@ class SagaExecutor:
                 self.error_text = describe_exception(failure.error)
         else:
             cause = None
+            if self._in_flight_unknown:
+                await self._finish_in_flight()
         comp_error, comp_cause = await self._backward()
         duration = time.perf_counter() - self._t0
         if self.cancel_reason is not None:
@@ -274,6 +280,20 @@ class SagaExecutor:
         logger.warning("saga %s moved to dead letter while being cancelled: %s", self.saga_id, comp_error,
                        extra={"saga_id": self.saga_id, "step": None})
         raise dead
+
+    async def _finish_in_flight(self) -> None:
+        """Run again the steps that may have been in flight when a cancelled saga's executor died.
+
+        Such a step may have had its effect without its result being
+        committed; run again with its idempotency key, its result is
+        committed and it is compensated with the others, as a step in flight
+        when the cancel arrived would have been. The pivot is never among
+        them: a cancel is refused once it may have started.
+        """
+        failure: _Failure | None = None
+        for s in self._ready(set()):
+            if s.name != self.definition.pivot:
+                failure = await self._settle(s, await self._run_step(s), failure, {})
 
     # -- forward ------------------------------------------------------------------
 

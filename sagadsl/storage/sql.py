@@ -15,8 +15,6 @@ from datetime import datetime
 from typing import Any, Callable, Collection, Iterator, Sequence, TypeVar
 
 from sqlalchemy import and_, case, delete, func, insert, null, or_, select, update
-from sqlalchemy.sql import ClauseElement
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
@@ -44,6 +42,7 @@ from .models import workflows as wf_table
 from .rows import conditions, counted, load, only_statuses, record_of, steps_for
 from .schema import check_schema, migrate, validate_schema_name
 from .semantic_locks import insert_locks, take_waiting_locks
+from .driver_sql import DriverStatements
 from .step_transactions import StepAttempt, open_attempt
 from .cancelling import CANCEL_READ_COLUMNS, cancel_waiting, explain_refused_cancel, request_cancel
 from .statements import (INSERT_STEPS, INSERT_WORKFLOW, RELEASE_LOCKS, UPDATE_STEP, create_saga_postgresql,
@@ -100,8 +99,8 @@ class SqlStorage:
         #: PostgreSQL commits a single statement without BEGIN/COMMIT round trips.
         self.single_statement_autocommit = self.dialect == "postgresql"
         self.url = mask_url(engine.url)
-        #: The hot-path statements as the driver's SQL (see :meth:`driver_sql`), by statement.
-        self._driver_sql: dict[ClauseElement, tuple[str, dict[str, Callable[[Any], Any]]]] = {}
+        #: The hot-path statements, compiled once to the driver's SQL.
+        self.statements = DriverStatements(engine)
         if auto_migrate is None:
             auto_migrate = self.dialect == "sqlite"
         try:
@@ -110,29 +109,6 @@ class SqlStorage:
             if not isinstance(url_or_engine, Engine):
                 engine.dispose()
             raise
-
-    def driver_sql(self, stmt: ClauseElement) -> tuple[str, dict[str, Callable[[Any], Any]]]:
-        """``stmt`` compiled once to the driver's SQL (schema applied), with its parameters' bind processors.
-
-        The hot-path statements run through ``exec_driver_sql``, which
-        skips what a compiled statement costs at each execution (building
-        parameters, translating the schema): most of the engine's CPU per
-        commit that is not the driver's.
-        """
-        hit = self._driver_sql.get(stmt)
-        if hit is None:
-            # Only for statements without Python-side defaults, which exec_driver_sql would not fill in.
-            translate = self.engine.get_execution_options().get("schema_translate_map")
-            compiled = stmt.compile(dialect=self.engine.dialect, schema_translate_map=translate)
-            assert isinstance(compiled, SQLCompiler)
-            sql = compiled.string
-            if translate:
-                sql = compiled.preparer._render_schema_translates(sql, translate)
-            # The hot-path statements bind scalars only: one processor per parameter.
-            processors: dict[str, Callable[[Any], Any]] = {
-                name: process for name, process in compiled._bind_processors.items() if callable(process)}
-            hit = self._driver_sql[stmt] = (sql, processors)
-        return hit
 
     def _ensure_schema(self, auto_migrate: bool) -> None:
         from ..errors import SchemaOutOfDateError
@@ -443,6 +419,8 @@ class SqlSession:
             # The creating executor is the saga's first claim when it runs it.
             claims=1 if claim else 0,
             locks=list(new.locks) if new.locks else None, start_after=new.start_after,
+            # Given, not left to the columns' Python defaults: the create statement then runs as driver SQL.
+            past_pivot=False, pivot_started=False,
             **self._claim.creation_values(claim, new.now),
         )
         if one_statement:
@@ -452,8 +430,8 @@ class SqlSession:
             claim_too = claim and self._claim.claims_in_create
             if claim_too:
                 params["key"] = values["lock_key"]
-            # Compiled per execution: it also fills in the columns' Python defaults.
-            return conn.execute(create_saga_postgresql(tuple(values), claim_too), params).first() is not None
+            stmt = create_saga_postgresql(tuple(values), claim_too)
+            return self._storage.statements.execute(conn, stmt, params).first() is not None
         insert_workflow = INSERT_WORKFLOW.get(self._storage.dialect)
         if insert_workflow is not None:
             if conn.execute(insert_workflow, values).scalar_one_or_none() is None:
@@ -656,10 +634,7 @@ class SqlSession:
         params.update({f"s_{c}": v for c, v in step_values.items()})
         params.update(w_id=self._saga_id, w_expected=expected, s_name=name)
         stmt = update_workflow_and_step(tuple(values), tuple(step_values), change.unless_cancelled)
-        sql, processors = self._storage.driver_sql(stmt)
-        for name, process in processors.items():
-            params[name] = process(params[name])
-        row = conn.exec_driver_sql(sql, params).first()
+        row = self._storage.statements.execute(conn, stmt, params).first()
         if row is None:
             raise locked(self._saga_id, "its stored state moved on; this executor stops")
         return row[0]  # type: ignore[no-any-return]
@@ -668,7 +643,7 @@ class SqlSession:
                          unless_cancelled: bool) -> str | None:
         params = {f"w_{c}": v for c, v in values.items()}
         params.update(w_id=self._saga_id, w_expected=expected)
-        row = conn.execute(update_workflow(tuple(values), unless_cancelled), params).first()
+        row = self._storage.statements.execute(conn, update_workflow(tuple(values), unless_cancelled), params).first()
         if row is None:
             raise locked(self._saga_id, "its stored state moved on; this executor stops")
         return row[0]  # type: ignore[no-any-return]
