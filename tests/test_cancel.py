@@ -255,6 +255,28 @@ def test_a_cancel_while_the_last_step_runs_wins_over_the_completion(engine: Saga
     assert record is not None and record.status == WorkflowStatus.CANCELLED
 
 
+def test_a_completion_a_cancel_turned_aside_keeps_the_claim_while_the_saga_compensates(
+        durable_url: tuple[str, str | None]) -> None:
+    # A terminal commit releases the executor's claim in the same statement,
+    # unless the cancel keeps the saga going: then no one else may take it.
+    url, schema = durable_url
+    _gated("confirm", "refund")
+    with SagaEngine(SqlStorage(url, schema=schema)) as first, SagaEngine(SqlStorage(url, schema=schema)) as other:
+        thread, outcome = _in_thread(first, PlaceOrder, Order("o-9"), "o-9")
+        _wait_entered("confirm")
+        assert other.cancel("o-9", "changed my mind") == "requested"
+        gates["confirm"].set()
+        _wait_entered("refund")
+        with pytest.raises(SagaError, match="being run by another live executor"):
+            other.run(PlaceOrder, Order("o-9"), saga_id="o-9", idempotency_key="o-9")
+        gates["refund"].set()
+        thread.join(30)
+        assert isinstance(outcome.get("error"), SagaCancelledError), outcome
+        assert ledger == ["reserve", "charge", "confirm", "unconfirm", "refund", "release"]
+        with pytest.raises(SagaCancelledError):
+            other.run(PlaceOrder, Order("o-9"), saga_id="o-9", idempotency_key="o-9")
+
+
 def test_a_cancel_while_a_step_fails_still_ends_cancelled(engine: SagaEngine) -> None:
     _gated("charge")
     thread, outcome = _in_thread(engine, PlaceOrder, Order("o-4", fail_at="charge"), "o-4")

@@ -70,6 +70,9 @@ class Claim(Protocol):
 
     #: Whether the claim is taken inside the statement that creates the saga.
     claims_in_create: bool
+    #: Whether a terminal commit of one statement can release the claim
+    #: itself (see :func:`~sagadsl.storage.statements.update_workflow`).
+    releases_in_terminal_commit: bool
     #: Whether this session holds the claim now.
     held: bool
 
@@ -101,8 +104,11 @@ class Claim(Protocol):
         """Add what renews (or, in a terminal commit, clears) the claim to a write's values."""
         ...
 
-    def ended(self) -> None:
-        """A terminal commit landed: it cleared whatever the claim keeps in the saga row."""
+    def ended(self, released: bool) -> None:
+        """A terminal commit landed: it cleared whatever the claim keeps in the saga row.
+
+        ``released``: the commit also released the claim itself.
+        """
         ...
 
     def release(self, conn: Connection) -> None:
@@ -118,6 +124,7 @@ class AdvisoryClaim:
     """A session advisory lock on the pinned connection (PostgreSQL)."""
 
     claims_in_create = True
+    releases_in_terminal_commit = True
 
     def __init__(self, saga_id: str, key: int) -> None:
         self.saga_id = saga_id
@@ -150,8 +157,11 @@ class AdvisoryClaim:
     def write_values(self, values: dict[str, Any]) -> None:
         pass
 
-    def ended(self) -> None:
-        pass  # the session lock outlives the row's status: close() releases it
+    def ended(self, released: bool) -> None:
+        # The session lock outlives the row's status: unless the terminal
+        # commit released it, close() does.
+        if released:
+            self.held = False
 
     def release(self, conn: Connection) -> None:
         # The pinned connection drove this one saga: releasing every session
@@ -167,6 +177,7 @@ class LeaseClaim:
     """An owner token and a lease on the saga row (SQLite and other databases)."""
 
     claims_in_create = False
+    releases_in_terminal_commit = False  # the terminal commit clears the lease anyway
 
     def __init__(self, saga_id: str) -> None:
         self.saga_id = saga_id
@@ -214,7 +225,7 @@ class LeaseClaim:
         else:
             values["lease_expires_at"] = values["updated_at"] + LEASE_DURATION
 
-    def ended(self) -> None:
+    def ended(self, released: bool) -> None:
         self.held = False
 
     def release(self, conn: Connection) -> None:

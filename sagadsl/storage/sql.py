@@ -512,8 +512,8 @@ class SqlSession:
                     "the step runs again with none of its writes kept", saga_id=self._saga_id) from exc
             raise self._write_failed(exc) from exc
         self._version = expected + 1
-        if change.workflow.get("status") in _TERMINAL_VALUES and (reason is None or not change.unless_cancelled):
-            self._claim.ended()
+        if _ends(change, reason):
+            self._claim.ended(released=False)
         return reason
 
     # -- commits ------------------------------------------------------------
@@ -524,6 +524,7 @@ class SqlSession:
         self._drop_attempt()  # a failed (or discarded) attempt's writes never land
         expected = self._version
         reason: str | None = None
+        released = False
         deadline = time.monotonic() + self._storage.reconnect_timeout
         delay = 0.05
         replay = self._reclaim
@@ -538,7 +539,7 @@ class SqlSession:
                         landed, reason = self._landed(conn, expected)
                         if landed:
                             break
-                    reason = self._write_once(conn, change, expected)
+                    reason, released = self._write_once(conn, change, expected)
                     break
                 except SagaLockedError:
                     raise
@@ -562,8 +563,8 @@ class SqlSession:
             delay = min(delay * 2, 1.0)
         self._reclaim = False
         self._version = expected + 1
-        if change.workflow.get("status") in _TERMINAL_VALUES and (reason is None or not change.unless_cancelled):
-            self._claim.ended()
+        if _ends(change, reason):
+            self._claim.ended(released=released)
         return reason
 
     def _write_failed(self, exc: Exception) -> StorageError:
@@ -591,17 +592,21 @@ class SqlSession:
             raise locked(self._saga_id, "it changed while this executor was disconnected")
         return False, None
 
-    def _write_once(self, conn: Connection, change: Change, expected: int) -> str | None:
+    def _write_once(self, conn: Connection, change: Change, expected: int) -> tuple[str | None, bool]:
+        """One try at committing ``change``: the cancel reason, and whether a commit that ends the saga
+        also released the claim."""
         values = _row_values(change, expected)
         self._claim.write_values(values)
         release = self._has_locks and values.get("status") in _RELEASING_VALUES
         if self._storage.single_statement_autocommit and len(change.steps) <= 1 and not (
                 change.new_steps or change.removed_steps or release):
             # The common commits: one step and the saga row, or the saga row alone.
+            release_claim = (self._claim.releases_in_terminal_commit and self._claim.held
+                             and values.get("status") in _TERMINAL_VALUES)
             with self._transaction(conn, one_statement=True):
-                return self._write_one_statement(conn, change, values, expected)
+                return self._write_one_statement(conn, change, values, expected, release_claim), release_claim
         with self._transaction(conn):
-            return self._write_statements(conn, change, values, expected)
+            return self._write_statements(conn, change, values, expected), False
 
     def _write_statements(self, conn: Connection, change: Change, values: dict[str, Any],
                           expected: int) -> str | None:
@@ -624,26 +629,27 @@ class SqlSession:
         return reason
 
     def _write_one_statement(self, conn: Connection, change: Change, values: dict[str, Any],
-                             expected: int) -> str | None:
+                             expected: int, release_claim: bool = False) -> str | None:
         if not change.steps:
-            return self._update_workflow(conn, values, expected, change.unless_cancelled)
+            return self._update_workflow(conn, values, expected, change.unless_cancelled, release_claim)
         # A step row always exists: every step row is inserted with the saga
         # (or by the change that adds it).
         ((name, step_values),) = change.steps.items()
         params = {f"w_{c}": v for c, v in values.items()}
         params.update({f"s_{c}": v for c, v in step_values.items()})
         params.update(w_id=self._saga_id, w_expected=expected, s_name=name)
-        stmt = update_workflow_and_step(tuple(values), tuple(step_values), change.unless_cancelled)
+        stmt = update_workflow_and_step(tuple(values), tuple(step_values), change.unless_cancelled, release_claim)
         row = self._storage.statements.execute(conn, stmt, params).first()
         if row is None:
             raise locked(self._saga_id, "its stored state moved on; this executor stops")
         return row[0]  # type: ignore[no-any-return]
 
     def _update_workflow(self, conn: Connection, values: dict[str, Any], expected: int,
-                         unless_cancelled: bool) -> str | None:
+                         unless_cancelled: bool, release_claim: bool = False) -> str | None:
         params = {f"w_{c}": v for c, v in values.items()}
         params.update(w_id=self._saga_id, w_expected=expected)
-        row = self._storage.statements.execute(conn, update_workflow(tuple(values), unless_cancelled), params).first()
+        stmt = update_workflow(tuple(values), unless_cancelled, release_claim)
+        row = self._storage.statements.execute(conn, stmt, params).first()
         if row is None:
             raise locked(self._saga_id, "its stored state moved on; this executor stops")
         return row[0]  # type: ignore[no-any-return]
@@ -672,6 +678,11 @@ class SqlSession:
 _RELEASING_VALUES = frozenset(s.value for s in WorkflowStatus
                               if s.is_terminal and s != WorkflowStatus.DEAD_LETTER)
 _TERMINAL_VALUES = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
+
+
+def _ends(change: Change, reason: str | None) -> bool:
+    """Whether a commit of ``change`` that returned the cancel ``reason`` ended the saga."""
+    return change.workflow.get("status") in _TERMINAL_VALUES and (reason is None or not change.unless_cancelled)
 
 
 def _row_values(change: Change, expected: int) -> dict[str, Any]:

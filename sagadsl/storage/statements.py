@@ -56,18 +56,41 @@ def _workflow_values(workflow_columns: tuple[str, ...], unless_cancelled: bool) 
     return values
 
 
+def _unlock_if_ended(cancel_reason: Any, unless_cancelled: bool) -> Any:
+    """``pg_advisory_unlock_all()``, evaluated only if the commit ends the saga.
+
+    A terminal commit that a cancel turned aside (``unless_cancelled`` and a
+    reason set) leaves the saga going, so its claim must stay. The call sits
+    in RETURNING, so it runs only when the fence held: a session lock is not
+    transactional, and a statement that wrote nothing must not release it.
+    """
+    unlock = func.pg_advisory_unlock_all()
+    if not unless_cancelled:
+        return unlock.label("released")
+    return case((cancel_reason.is_(None), unlock)).label("released")
+
+
 @functools.lru_cache(maxsize=64)
-def update_workflow(workflow_columns: tuple[str, ...], unless_cancelled: bool) -> Executable:
-    """The saga row's fenced UPDATE, returning its ``cancel_reason`` (no row: the fence failed)."""
+def update_workflow(workflow_columns: tuple[str, ...], unless_cancelled: bool,
+                    release_claim: bool = False) -> Executable:
+    """The saga row's fenced UPDATE, returning its ``cancel_reason`` (no row: the fence failed).
+
+    With ``release_claim`` (a terminal commit on PostgreSQL) the statement
+    also releases the session's advisory claim when it ends the saga: one
+    round trip fewer per saga than a release of its own.
+    """
+    returning = [wf_table.c.cancel_reason]
+    if release_claim:
+        returning.append(_unlock_if_ended(wf_table.c.cancel_reason, unless_cancelled))
     return (update(wf_table)
             .where(wf_table.c.id == bindparam("w_id"), wf_table.c.version == bindparam("w_expected"))
             .values(_workflow_values(workflow_columns, unless_cancelled))
-            .returning(wf_table.c.cancel_reason))
+            .returning(*returning))
 
 
 @functools.lru_cache(maxsize=64)
 def update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: tuple[str, ...],
-                             unless_cancelled: bool = False) -> Update:
+                             unless_cancelled: bool = False, release_claim: bool = False) -> Update:
     """One PostgreSQL statement that updates the saga row and one of its step rows.
 
     The saga row's UPDATE is a data-modifying CTE fenced by ``version``; the
@@ -79,17 +102,24 @@ def update_workflow_and_step(workflow_columns: tuple[str, ...], step_columns: tu
     by joining to the CTE's output: a prepared statement's generic plan for
     the join searched the key's second column alone, a scan that grew with
     the table.
+
+    ``release_claim`` releases the advisory claim in the same statement, as
+    for :func:`update_workflow`.
     """
     fenced = (update(wf_table)
               .where(wf_table.c.id == bindparam("w_id"), wf_table.c.version == bindparam("w_expected"))
               .values(_workflow_values(workflow_columns, unless_cancelled))
               .returning(wf_table.c.id, wf_table.c.cancel_reason)
               .cte("fenced"))
+    cancel_reason = select(fenced.c.cancel_reason).scalar_subquery()
+    returning = [cancel_reason.label("cancel_reason")]
+    if release_claim:
+        returning.append(_unlock_if_ended(cancel_reason, unless_cancelled))
     return (update(steps_table)
             .where(steps_table.c.workflow_id == bindparam("w_id"), steps_table.c.name == bindparam("s_name"),
                    exists(select(fenced.c.id)))
             .values({c: bindparam(f"s_{c}", type_=steps_table.c[c].type) for c in step_columns})
-            .returning(select(fenced.c.cancel_reason).scalar_subquery().label("cancel_reason")))
+            .returning(*returning))
 
 
 @functools.lru_cache(maxsize=8)
