@@ -365,6 +365,20 @@ class TestPrune:
         assert engine.prune(timedelta(days=30)) == 0
         assert engine.count() == 2
 
+    def test_goes_by_when_a_saga_ended_not_when_it_was_created(self, engine: SagaEngine,
+                                                               clock: FakeClock) -> None:
+        engine.submit(Booking, Ticket("late"), saga_id="late", idempotency_key="k")
+        populate(engine, "early-", completed=1)
+        clock.advance(timedelta(days=40))
+        assert engine.resume("late").status == WorkflowStatus.COMPLETED  # created 40 days ago, ended now
+        clock.advance(timedelta(days=1))
+
+        assert engine.prune(timedelta(days=30)) == 1
+
+        assert engine.get("early-c0") is None
+        assert engine.get("late") is not None
+        assert kept(engine) == scanned(engine.storage) == {"completed": 1}
+
     def test_a_large_table_is_pruned_next_to_running_sagas(self, engine: SagaEngine, clock: FakeClock,
                                                            backend: str) -> None:
         if backend == "memory":

@@ -30,7 +30,7 @@ from sagadsl.storage.schema import (
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {"sagadsl_workflows", "sagadsl_steps", "sagadsl_status_counts", "sagadsl_locks"}
-HEAD = "sagadsl_0007"
+HEAD = "sagadsl_0008"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -154,6 +154,7 @@ class TestAlembicCommandLine:
         assert "Running upgrade sagadsl_0004 -> sagadsl_0005" in done.stderr
         assert "Running upgrade sagadsl_0005 -> sagadsl_0006" in done.stderr
         assert "Running upgrade sagadsl_0006 -> sagadsl_0007" in done.stderr
+        assert "Running upgrade sagadsl_0007 -> sagadsl_0008" in done.stderr
         engine = create_engine(url)
         try:
             assert _revision(engine, None) == HEAD

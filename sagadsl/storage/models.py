@@ -119,7 +119,6 @@ class WorkflowRow(Base):
 
     __table_args__ = (
         Index("ix_sagadsl_workflows_status_created_at", "status", "created_at"),
-        Index("ix_sagadsl_workflows_status_finished_at", "status", "finished_at"),
         Index("ix_sagadsl_workflows_saga_name_created_at", "saga_name", "created_at"),
         Index("ix_sagadsl_workflows_created_at", "created_at"),
         # No index holds updated_at (or any column a step commit changes), so

@@ -202,8 +202,10 @@ class SqlStorage:
         if not wanted or batch < 1:
             return 0
         # finished_at is updated_at as of the commit that ended the saga; a row
-        # written by other means may lack it, and goes by updated_at.
-        matching = (c.status.in_(wanted),
+        # written by other means may lack it, and goes by updated_at. A saga
+        # is created before it ends, so the created_at bound changes nothing
+        # but lets the (status, created_at) index narrow the scan.
+        matching = (c.status.in_(wanted), c.created_at < before,
                     or_(c.finished_at < before, and_(c.finished_at.is_(None), c.updated_at < before)))
         # The ids first, then the rows: PostgreSQL may run a LIMIT ... FOR
         # UPDATE subquery of ``DELETE ... WHERE id IN (...)`` more than once,
