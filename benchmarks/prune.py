@@ -55,7 +55,7 @@ class Live(Saga[Tick], name="bench.prune.live"):
 
 
 def load(url: str, rows: int) -> float:
-    """(Re)create the schema with ``rows`` completed sagas updated in 2026; returns the seconds taken."""
+    """(Re)create the schema with ``rows`` completed sagas that ended in 2026; returns the seconds taken."""
     started = time.perf_counter()
     admin = create_engine(url)
     try:
@@ -67,12 +67,13 @@ def load(url: str, rows: int) -> float:
             conn.exec_driver_sql(f"ALTER TABLE {wf} DISABLE TRIGGER USER")
             conn.exec_driver_sql(f"""
                 INSERT INTO {wf} (id, saga_name, status, input, idempotency_key, fingerprint, retry_count,
-                                  version, created_at, updated_at, started_at)
+                                  version, created_at, updated_at, started_at, finished_at)
                 SELECT 'saga-' || g, 'bench.saga_' || mod(g, 7), 'completed',
                        jsonb_build_object('order_id', 'o-' || g), 'key-' || g, 'f00dfeed', 0, 4,
                        timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second',
                        timestamptz '2026-01-01 00:00:03+00' + g * interval '1 second',
-                       timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second'
+                       timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second',
+                       timestamptz '2026-01-01 00:00:03+00' + g * interval '1 second'
                 FROM generate_series(1, {rows}) AS g
             """)
             conn.exec_driver_sql(f"""

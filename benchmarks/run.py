@@ -219,7 +219,10 @@ def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report,
             pair = [sagadsl_sequential] + ([dbos_sequential] if dbos else [])
             for run in pair if r % 2 else pair[::-1]:
                 run()
-            samples["replay"].append(replay.sequential(sizes.sequential_sagas))
+            rate, cpu = replay.sequential_with_cpu(sizes.sequential_sagas)
+            samples["replay"].append(rate)
+            samples["replay_cpu"].append(cpu * 1e6)
+            samples["memory_cpu"].append(w.memory_engine_cpu(sizes.sequential_sagas) * 1e6)
             samples["seq_async"].append(runner.sequential(w.ThreeAsyncSteps, sizes.sequential_sagas))
             before = meter.snapshot()
             samples["hundred"].append(runner.sequential(w.HundredSteps, sizes.hundred_step_sagas))
@@ -275,6 +278,10 @@ def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report,
     floor.ratio = floor.median / (base1.median / 4)
     report.add(Figure("pg.saga3.sequential_cpu_us", "us/saga", samples["seq_cpu"],
                       note="this process's CPU per sequential saga: the engine's share; no target"))
+    report.add(Figure("pg.saga3.statements_alone_cpu_us", "us/saga", samples["replay_cpu"],
+                      note="this process's CPU to send the same statements by plain psycopg: the driver's share"))
+    report.add(Figure("memory.saga3.cpu_us", "us/saga", samples["memory_cpu"],
+                      note="the same saga on the in-memory storage: the engine with no SQL"))
     _add_wal_figures(report, "pg.saga3", "saga", samples, "seq", wal)
     seq_async = report.add(Figure("pg.saga3.sequential_async_steps", "sagas/s", samples["seq_async"],
                                   baseline=base1.name, note="the same with async def steps; no target"))

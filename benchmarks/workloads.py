@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from sagadsl import Saga, SagaEngine, compensates, migrate, step
-from sagadsl.storage import SqlStorage
+from sagadsl.storage import InMemoryStorage, SqlStorage
 
 BENCH_SCHEMA = "sagadsl_bench"
 
@@ -278,16 +278,23 @@ class SqlReplay:
 
     def sequential(self, n: int) -> float:
         """Replayed sagas/s of ``n`` sagas, one after another."""
+        return self.sequential_with_cpu(n)[0]
+
+    def sequential_with_cpu(self, n: int) -> tuple[float, float]:
+        """Replayed sagas/s of ``n`` sagas, and this process's CPU seconds per saga: psycopg's alone."""
         batches = []
         for _ in range(n):
             self._counter += 1
             saga_id = f"replay-{self._counter}"
             batches.append([(sql, self._for(params, saga_id)) for sql, params in self.statements])
+        cpu = os.times()
         started = time.perf_counter()
         for batch in batches:
             for sql, params in batch:
                 self._conn.execute(sql, params)
-        return n / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        after = os.times()
+        return n / elapsed, (after.user - cpu.user + after.system - cpu.system) / n
 
     def close(self) -> None:
         self._conn.close()
@@ -343,6 +350,16 @@ def sqlite_baseline(path: str, n: int) -> float:
         return n / (time.perf_counter() - started)
     finally:
         conn.close()
+
+
+def memory_engine_cpu(n: int) -> float:
+    """This process's CPU seconds per 3-step saga on the in-memory storage: the engine with no SQL at all."""
+    runner = SagaRunner(SagaEngine(InMemoryStorage()))
+    try:
+        runner.sequential(ThreeSteps, 20)
+        return runner.sequential_with_cpu(ThreeSteps, n)[1]
+    finally:
+        runner.engine.close()
 
 
 def sqlite_engine(directory: str) -> SagaEngine:
