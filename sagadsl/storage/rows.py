@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import Text, any_, bindparam, func, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from ..records import ErrorInfo, StepRecord, WorkflowRecord
@@ -52,13 +53,26 @@ def counted(statuses: Sequence[WorkflowStatus]) -> Any:
     return stmt
 
 
+#: The step rows of a page of sagas. On PostgreSQL the ids go as one array
+#: parameter: an IN list of a hundred is expanded, compiled and sent as a
+#: hundred parameters on every call, which cost a page about a quarter of
+#: its time.
+_STEPS_OF_IDS = (select(steps_table)
+                 .where(steps_table.c.workflow_id == any_(bindparam("ids", type_=postgresql.ARRAY(Text))))
+                 .order_by(steps_table.c.workflow_id, steps_table.c.position))
+
+
 def steps_for(conn: Connection, ids: list[str]) -> dict[str, list[Any]]:
+    """The step rows of the sagas ``ids``, by saga id, in step order."""
     if not ids:
         return {}
+    if conn.dialect.name == "postgresql":
+        result = conn.execute(_STEPS_OF_IDS, {"ids": ids})
+    else:
+        result = conn.execute(select(steps_table).where(steps_table.c.workflow_id.in_(ids))
+                              .order_by(steps_table.c.workflow_id, steps_table.c.position))
     out: dict[str, list[Any]] = {}
-    rows = conn.execute(select(steps_table).where(steps_table.c.workflow_id.in_(ids))
-                        .order_by(steps_table.c.workflow_id, steps_table.c.position)).mappings()
-    for row in rows:
+    for row in result.mappings().all():
         out.setdefault(row["workflow_id"], []).append(row)
     return out
 
