@@ -33,7 +33,8 @@ class WalDelta:
     ``own_*`` counts the records that touched an owned relation, and the
     records (commits) of the same transactions, each aligned to 8 bytes as
     WAL stores it; ``by_relation`` maps a relation key (or, for a record that
-    touches none, its resource manager) to [bytes, records] of those.
+    touches none, its resource manager) and the record's kind, as
+    ``"key|Heap/HOT_UPDATE"``, to [bytes, records] of those.
     Without pg_walinspect, ``own_*`` is the whole cluster's.
     """
 
@@ -85,11 +86,14 @@ class WalMeter:
                          if db == database and schema in (None, nsp))
 
     def label(self, key: str) -> str:
-        """A readable name for a key of :attr:`WalDelta.by_relation`."""
+        """A readable name for a key of :attr:`WalDelta.by_relation`: relation, then record kind."""
+        key, _, kind = key.partition("|")
         if key in self._relations:
             db, schema, relation = self._relations[key]
-            return f"{db}:{schema}.{relation}"
-        return key if key.startswith("(") else f"rel {key}"
+            name = f"{db}:{schema}.{relation}"
+        else:
+            name = key if key.startswith("(") else f"rel {key}"
+        return f"{name} {kind}" if kind else name
 
     def mark(self) -> WalMark:
         row = self._conn.execute("SELECT pg_current_wal_flush_lsn()::text, wal_records FROM pg_stat_wal").fetchone()
@@ -103,14 +107,15 @@ class WalMeter:
             records = after.records - before.records
             return WalDelta(size, records, size, records)
         rows = self._conn.execute(
-            "SELECT xid::text::bigint, resource_manager, record_length, "
+            "SELECT xid::text::bigint, resource_manager, record_type, record_length, "
             "substring(block_ref from 'rel \\d+/(\\d+/\\d+)') "
             f'FROM "{self.inspect}".pg_get_wal_records_info(%s, %s)', (before.lsn, after.lsn)).fetchall()
-        ours = {xid for xid, _, _, key in rows if xid and key in owned}
+        ours = {xid for xid, _, _, _, key in rows if xid and key in owned}
         delta = WalDelta(size, len(rows), 0, 0)
-        for xid, manager, length, key in rows:
+        for xid, manager, kind, length, key in rows:
             if key in owned or (key is None and xid in ours):
-                entry = delta.by_relation.setdefault(key or f"({manager}, no relation)", [0, 0])
+                entry = delta.by_relation.setdefault(f"{key or f'({manager}, no relation)'}|{manager}/{kind}",
+                                                     [0, 0])
                 entry[0] += _aligned(length)
                 entry[1] += 1
                 delta.own_bytes += _aligned(length)

@@ -223,7 +223,9 @@ def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report,
             samples["replay"].append(rate)
             samples["replay_cpu"].append(cpu * 1e6)
             samples["memory_cpu"].append(w.memory_engine_cpu(sizes.sequential_sagas) * 1e6)
-            samples["seq_async"].append(runner.sequential(w.ThreeAsyncSteps, sizes.sequential_sagas))
+            rate, cpu = runner.sequential_with_cpu(w.ThreeAsyncSteps, sizes.sequential_sagas)
+            samples["seq_async"].append(rate)
+            samples["seq_async_cpu"].append(cpu * 1e6)
             before = meter.snapshot()
             samples["hundred"].append(runner.sequential(w.HundredSteps, sizes.hundred_step_sagas))
             grew, wrote = meter.delta(before)
@@ -286,6 +288,8 @@ def measure_postgres(url: str, sizes: Sizes, rounds: int, report: Report,
     seq_async = report.add(Figure("pg.saga3.sequential_async_steps", "sagas/s", samples["seq_async"],
                                   baseline=base1.name, note="the same with async def steps; no target"))
     seq_async.ratio = seq_async.median / (base1.median / 4)
+    report.add(Figure("pg.saga3.sequential_async_steps_cpu_us", "us/saga", samples["seq_async_cpu"],
+                      note="this process's CPU per saga of async def steps: no hand-off to the step thread pool"))
     for key, name in (("threads", "pg.saga3.8_threads"), ("tasks", "pg.saga3.8_asyncio_tasks")):
         fig = report.add(Figure(name, "sagas/s", samples[key], baseline=base8.name, target=">= 0.35",
                                 note="ratio = sagas/s / (8-thread baseline / 4)"))
@@ -489,15 +493,27 @@ def print_report(report: Report) -> None:
                                                                          if failed else ""))
 
 
+#: Rows of the WAL breakdown below this many bytes per unit are summed into one.
+_WAL_ROW_MIN = 10.0
+
+
 def _print_wal_by_relation(breakdown: dict[str, dict[str, list[float]]]) -> None:
-    """Where each workload's WAL went: bytes and records per saga or workflow, by relation."""
+    """Where each workload's WAL went: bytes and records per saga or workflow, by relation and record."""
     for workload, relations in breakdown.items():
         print()
-        print(f"WAL per {workload}, by relation (pg_walinspect; a record counts for the first block it touches)")
+        print(f"WAL per {workload}, by relation and record (pg_walinspect; a record counts for the first "
+              "block it touches)")
         width = max(map(len, relations), default=0)
+        rest = [0.0, 0.0]
         for name, (size, records) in relations.items():
-            if size >= 1:
+            if size >= _WAL_ROW_MIN:
                 print(f"  {name:{width}} {_fmt(size):>8} bytes {records:6.2f} records")
+            else:
+                rest[0] += size
+                rest[1] += records
+        if rest[0]:
+            label = f"(records under {_WAL_ROW_MIN:.0f} bytes each, together)"
+            print(f"  {label:{width}} {_fmt(rest[0]):>8} bytes {rest[1]:6.2f} records")
 
 
 def to_json(report: Report) -> dict[str, Any]:
