@@ -94,3 +94,21 @@ def test_creating_a_saga_scans_no_table(conn: Connection, claim: bool) -> None:
     plan = generic_plan(conn, create_saga_postgresql(columns, claim))
 
     assert table_scans(plan) == [], plan
+
+
+def test_a_worker_poll_reads_the_due_index_in_order_without_sorting(conn: Connection) -> None:
+    # Sorting every active saga on every poll made a poll's cost grow with
+    # the backlog (23 ms with 20,000 sagas waiting).
+    from sagadsl.storage.claims import _ADVISORY_POLL
+
+    conn.exec_driver_sql(
+        "INSERT INTO sagadsl_workflows (id, saga_name, status, idempotency_key, fingerprint, retry_count, version,"
+        " created_at, updated_at, claims) SELECT 'w-' || g, 'plans', CASE WHEN mod(g, 10) = 0 THEN 'completed'"
+        " ELSE 'pending' END, 'k', 'f', 0, 1, now() - g * interval '1 s', now(), 0"
+        " FROM generate_series(1, 20000) AS g")
+    conn.exec_driver_sql("ANALYZE sagadsl_workflows")
+    plan = generic_plan(conn, _ADVISORY_POLL)
+
+    # Read in order of the index; ties on the due time (rare) sorted as they come.
+    assert "Index Scan using ix_sagadsl_workflows_due" in plan, plan
+    assert not re.search(r"^\s*(->\s+)?Sort\s+\(", plan, re.MULTILINE), plan

@@ -190,6 +190,9 @@ class Storage(Protocol):
     def recoverable(self, now: datetime, limit: int, exclude: Collection[str] = ()) -> list[str]:
         """Ids of active sagas that may have no live executor, oldest first.
 
+        Oldest by when the saga became due: its ``start_after``, else its
+        creation (then by id).
+
         A saga whose ``start_after`` is later than ``now`` is left out.
         ``exclude`` lists ids the caller does not want (it runs them, or it
         set them aside), so that they never crowd out the others.

@@ -22,13 +22,15 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any, Collection, Protocol
 
-from sqlalchemy import or_, select, tuple_, update
+from sqlalchemy import Integer, String, all_, bindparam, func, literal_column, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from ..errors import SagaLockedError
 from ..limits import MAX_EXECUTION_DURATION
 from ..locks import advisory_key, claim_is_free, owner_token
 from ..status import ACTIVE_STATUSES, WorkflowStatus
+from .models import UTCDateTime
 from .models import workflows as wf_table
 from .semantic_locks import still_waiting
 from .statements import ADVISORY_UNLOCK, COUNT_CLAIM, HELD_ADVISORY_KEYS, TRY_ADVISORY_LOCK
@@ -252,9 +254,30 @@ class ClaimProtocol(Protocol):
         ...
 
 
-def _started(now: datetime) -> Any:
+def _started(now: Any) -> Any:
     """Sagas a worker may start by ``now``: no ``start_after``, or one that has passed."""
     return or_(wf_table.c.start_after.is_(None), wf_table.c.start_after <= now)
+
+
+#: When a saga became due, the key of ``ix_sagadsl_workflows_due``: a poll
+#: reads active sagas in this order and stops after the few it needs (the
+#: ones not due yet sort after every due one).
+_DUE = func.coalesce(wf_table.c.start_after, wf_table.c.created_at)
+#: The partial index's own predicate, with the statuses as literals.
+_POLLED = wf_table.c.status.in_([literal_column(f"'{s}'") for s in _ACTIVE])
+
+#: PostgreSQL's poll, built once: held claims are left out in SQL, so however
+#: many older sagas live executors hold, the page holds sagas a worker can
+#: take; the ids the worker set aside go as one array parameter.
+_ADVISORY_POLL = (
+    select(wf_table.c.id)
+    .where(_POLLED, _started(bindparam("now", type_=UTCDateTime())),
+           wf_table.c.id != all_(bindparam("exclude", type_=postgresql.ARRAY(String))),
+           ~still_waiting(wf_table.c.id),
+           or_(wf_table.c.lock_key.is_(None), wf_table.c.lock_key.not_in(select(HELD_ADVISORY_KEYS.c.key))))
+    .order_by(_DUE, wf_table.c.id)
+    .limit(bindparam("limit", type_=Integer))
+)
 
 
 class _Advisory:
@@ -264,16 +287,8 @@ class _Advisory:
         return AdvisoryClaim(saga_id, advisory_lock_key(saga_id, schema))
 
     def recoverable(self, conn: Connection, now: datetime, limit: int, exclude: Collection[str]) -> list[str]:
-        # Held claims are left out in SQL, so however many older sagas live
-        # executors hold, the page holds sagas a worker can take.
-        stmt = (select(wf_table.c.id)
-                .where(wf_table.c.status.in_(_ACTIVE), _started(now), ~still_waiting(wf_table.c.id),
-                       or_(wf_table.c.lock_key.is_(None),
-                           wf_table.c.lock_key.not_in(select(HELD_ADVISORY_KEYS.c.key))))
-                .order_by(wf_table.c.updated_at).limit(limit))
-        if exclude:
-            stmt = stmt.where(wf_table.c.id.not_in(list(exclude)))
-        return list(conn.execute(stmt).scalars())
+        params = {"now": now, "exclude": list(exclude), "limit": limit}
+        return list(conn.execute(_ADVISORY_POLL, params).scalars())
 
 
 class _Lease:
@@ -288,18 +303,18 @@ class _Lease:
         free: list[str] = []
         after: tuple[datetime, str] | None = None
         while len(free) < limit:
-            stmt = (select(wf_table.c.id, wf_table.c.owner, wf_table.c.lease_expires_at, wf_table.c.updated_at)
-                    .where(wf_table.c.status.in_(_ACTIVE), _started(now), ~still_waiting(wf_table.c.id))
-                    .order_by(wf_table.c.updated_at, wf_table.c.id).limit(RECOVERY_PAGE))
+            stmt = (select(wf_table.c.id, wf_table.c.owner, wf_table.c.lease_expires_at, _DUE.label("due"))
+                    .where(_POLLED, _started(now), ~still_waiting(wf_table.c.id))
+                    .order_by(_DUE, wf_table.c.id).limit(RECOVERY_PAGE))
             if exclude:
                 stmt = stmt.where(wf_table.c.id.not_in(list(exclude)))
             if after is not None:
-                stmt = stmt.where(tuple_(wf_table.c.updated_at, wf_table.c.id) > tuple_(*after))
+                stmt = stmt.where(tuple_(_DUE, wf_table.c.id) > tuple_(*after))
             rows = conn.execute(stmt).all()
             free.extend(r.id for r in rows if claim_is_free(r.owner, r.lease_expires_at, now))
             if len(rows) < RECOVERY_PAGE:
                 break
-            after = (rows[-1].updated_at, rows[-1].id)
+            after = (rows[-1].due, rows[-1].id)
         return free[:limit]
 
 

@@ -124,7 +124,7 @@ class InMemoryStorage:
                       and r.values["id"] not in self._claims and r.values["id"] not in exclude
                       and (r.values.get("start_after") is None or r.values["start_after"] <= now)
                       and not self._waiting(r.values["id"])]
-            active.sort(key=lambda v: v["updated_at"])
+            active.sort(key=lambda v: (v.get("start_after") or v["created_at"], v["id"]))
             return [v["id"] for v in active[:limit]]
 
     def count_by_name(self) -> dict[str, dict[WorkflowStatus, int]]:

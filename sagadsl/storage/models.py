@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKeyConstraint, Index, Integer, MetaData,
-                        String, Table, Text, false, text)
+                        String, Table, Text, false, func, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -125,6 +125,20 @@ class WorkflowRow(Base):
         # that PostgreSQL makes those updates HOT; fillfactor leaves them room.
         {"postgresql_with": {"fillfactor": 80}},
     )
+
+
+#: The statuses a worker polls for, as SQL literals: a partial index's
+#: predicate must be implied by the query's own text, which a bound
+#: parameter (in a prepared statement's generic plan) never is.
+ACTIVE_STATUS_SQL = "status IN ('pending', 'compensating')"
+
+#: Active sagas by when they became due (their ``start_after``, else their
+#: creation), for a worker's poll: read in order, oldest first, so a poll
+#: costs the same however many sagas wait. Neither column changes after
+#: creation and ``status`` is indexed already, so step commits stay HOT; a
+#: saga leaves the index with its terminal commit.
+Index("ix_sagadsl_workflows_due", func.coalesce(WorkflowRow.start_after, WorkflowRow.created_at),
+      postgresql_where=text(ACTIVE_STATUS_SQL), sqlite_where=text(ACTIVE_STATUS_SQL))
 
 
 class StepRow(Base):
