@@ -377,6 +377,7 @@ def measure_scaleout(url: str, sizes: Sizes, rounds: int, report: Report) -> Non
     engine = scaleout.engine(url)
     counts = (1, 2, 4)
     rates: dict[int, list[float]] = {p: [] for p in counts}
+    cpu: dict[int, list[float]] = {p: [] for p in counts}
     submitted: list[float] = []
     try:
         for r in range(1, rounds + 1):
@@ -385,12 +386,13 @@ def measure_scaleout(url: str, sizes: Sizes, rounds: int, report: Report) -> Non
                 started = time.perf_counter()
                 scaleout.submit(engine, f"r{r}p{processes}", sizes.scaleout_sagas)
                 submitted.append(sizes.scaleout_sagas / (time.perf_counter() - started))
-                elapsed, said = scaleout.drain(url, processes)
+                elapsed, said, spent = scaleout.drain(url, processes)
                 left = scaleout.pending(engine)
                 if left or said < sizes.scaleout_sagas:
                     raise RuntimeError(f"{processes} workers completed {said} of {sizes.scaleout_sagas} "
                                        f"sagas; {left} left")
                 rates[processes].append(sizes.scaleout_sagas / elapsed)
+                cpu[processes].append(spent / sizes.scaleout_sagas * 1e6)
     finally:
         engine.close()
         scaleout.drop(url)
@@ -407,6 +409,8 @@ def measure_scaleout(url: str, sizes: Sizes, rounds: int, report: Report) -> Non
             one = fig
         else:
             fig.ratio = fig.median / one.median
+    report.add(Figure("pg.scaleout.1_process_cpu_us", "us/saga", cpu[1],
+                      note="the worker process's CPU per saga it drained: poll, claim, load and the saga"))
 
 
 def measure_sqlite(sizes: Sizes, rounds: int, report: Report) -> None:

@@ -12,6 +12,7 @@ process start-up and imports are left out.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -77,11 +78,12 @@ def _start_worker(url: str, log: IO[str]) -> subprocess.Popen[str]:
     return child
 
 
-def drain(url: str, processes: int) -> tuple[float, int]:
+def drain(url: str, processes: int) -> tuple[float, int, float]:
     """Start ``processes`` workers together on the pending sagas; seconds until the last one ended.
 
-    Also the sagas the workers say they completed: a saga that another worker
-    finished just before this one resumed it counts for both.
+    Also the sagas the workers say they completed (a saga that another worker
+    finished just before this one resumed it counts for both), and the CPU
+    seconds the workers spent draining, all together.
     """
     with tempfile.TemporaryFile("w+") as log:
         children = [_start_worker(url, log) for _ in range(processes)]
@@ -97,7 +99,7 @@ def drain(url: str, processes: int) -> tuple[float, int]:
                 raise RuntimeError(f"a scale-out worker failed ({child.returncode}):\n{log.read()[-3000:]}")
             reports.append(json.loads(out.strip().splitlines()[-1]))
     elapsed = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-    return elapsed, sum(r["completed"] for r in reports)
+    return elapsed, sum(r["completed"] for r in reports), sum(r["cpu"] for r in reports)
 
 
 def pending(engine: SagaEngine) -> int:
@@ -117,11 +119,12 @@ def worker_main(url: str, schema: str, concurrency: int) -> None:
         # Not stop_when_idle: that returns as soon as one poll finds every slot
         # busy and the sagas in them finish meanwhile, with others still pending.
         worker.on_idle = lambda: worker.stop() if pending(engine) == 0 else None
-        start = time.time()
+        start, cpu = time.time(), os.times()
         stats = worker.run()
-        end = time.time()
+        end, after = time.time(), os.times()
         print(json.dumps({"completed": stats.completed, "locked": stats.locked, "errors": stats.errors,
-                          "start": start, "end": end}), flush=True)
+                          "start": start, "end": end,
+                          "cpu": after.user - cpu.user + after.system - cpu.system}), flush=True)
     finally:
         engine.close()
 
