@@ -191,6 +191,19 @@ def test_on_postgresql_each_commit_is_one_statement(engine: SagaEngine, traffic:
     assert "pg_advisory_unlock_all" in traffic.statements[-1]
 
 
+@pytest.mark.parametrize("durable_backend", ["postgres"])
+def test_taking_over_a_submitted_saga_reads_it_once(engine: SagaEngine, traffic: Traffic) -> None:
+    engine.submit(Ship, Parcel("p-1"), saga_id="p-1", idempotency_key="p-1")
+    traffic.statements.clear()
+
+    engine.resume("p-1")
+
+    # The claim, the saga row and its step rows, then the counted take-over
+    # (which returns the row's version): nothing read twice.
+    assert len(traffic.reads()) == 2, "\n".join(traffic.statements)
+    assert "pg_try_advisory_lock" in traffic.statements[0]
+
+
 def test_a_three_step_saga_reads_nothing(engine: SagaEngine, traffic: Traffic) -> None:
     engine.run(Ship, Parcel("p-1"), saga_id="p-1", idempotency_key="p-1")
 

@@ -90,8 +90,12 @@ class Claim(Protocol):
         """
         ...
 
-    def count(self, conn: Connection, now: datetime) -> None:
-        """Inside the loading transaction: record the take-over (and, for a lease, take it)."""
+    def count(self, conn: Connection, now: datetime) -> int | None:
+        """Inside the loading transaction: record the take-over (and, for a lease, take it).
+
+        Returns the saga row's version after it, or None if the saga was no
+        longer active (nothing was counted).
+        """
         ...
 
     def created(self, claim: bool) -> None:
@@ -145,8 +149,9 @@ class AdvisoryClaim:
             raise locked(self.saga_id)
         self.held = True
 
-    def count(self, conn: Connection, now: datetime) -> None:
-        conn.execute(COUNT_CLAIM, {"w_id": self.saga_id})
+    def count(self, conn: Connection, now: datetime) -> int | None:
+        version = conn.execute(COUNT_CLAIM, {"w_id": self.saga_id}).scalar_one_or_none()
+        return None if version is None else int(version)
 
     def created(self, claim: bool) -> None:
         self.held = claim
@@ -193,12 +198,12 @@ class LeaseClaim:
     def take(self, conn: Connection) -> None:
         pass  # taken in the loading transaction, by count()
 
-    def count(self, conn: Connection, now: datetime) -> None:
+    def count(self, conn: Connection, now: datetime) -> int | None:
         row = conn.execute(select(wf_table.c.owner, wf_table.c.lease_expires_at, wf_table.c.status,
                                   wf_table.c.version)
                            .where(wf_table.c.id == self.saga_id)).first()
         if row is None or WorkflowStatus(row.status).is_terminal:
-            return
+            return None
         owner, expires = row.owner, row.lease_expires_at
         if not claim_is_free(owner, expires, now):
             raise locked(self.saga_id, f"owner {owner}, lease until {expires.isoformat() if expires else '?'}")
@@ -206,10 +211,11 @@ class LeaseClaim:
             logger.warning(
                 "taking over saga %s from dead or expired executor %s", self.saga_id, owner,
                 extra={"saga_id": self.saga_id})
-        conn.execute(update(wf_table).where(wf_table.c.id == self.saga_id, wf_table.c.version == row.version)
-                     .values(owner=self.token, lease_expires_at=now + LEASE_DURATION,
-                             version=row.version + 1, claims=wf_table.c.claims + 1))
+        taken = conn.execute(update(wf_table).where(wf_table.c.id == self.saga_id, wf_table.c.version == row.version)
+                             .values(owner=self.token, lease_expires_at=now + LEASE_DURATION,
+                                     version=row.version + 1, claims=wf_table.c.claims + 1)).rowcount
         self.held = True
+        return int(row.version) + 1 if taken == 1 else None
 
     def created(self, claim: bool) -> None:
         self.held = claim

@@ -403,13 +403,15 @@ class SqlSession:
             if record is None:
                 raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
             self._has_locks = bool(record.locks)
+            version = None
             if claim and not record.status.is_terminal:
                 if record.locks:
                     take_waiting_locks(conn, saga_id, record.saga_name)
-                self._claim.count(conn, now)
+                version = self._claim.count(conn, now)
                 record = dataclasses.replace(record, claims=record.claims + 1)
-            self._version = int(conn.execute(select(wf_table.c.version)
-                                              .where(wf_table.c.id == saga_id)).scalar_one())
+            if version is None:
+                version = conn.execute(select(wf_table.c.version).where(wf_table.c.id == saga_id)).scalar_one()
+            self._version = int(version)
             return record
 
     def _insert_new(self, conn: Connection, new: NewWorkflow, claim: bool, *, one_statement: bool = False) -> bool:

@@ -41,7 +41,8 @@ ADVISORY_UNLOCK = select(func.pg_advisory_unlock_all())
 COUNT_CLAIM = (update(wf_table)
                 .where(wf_table.c.id == bindparam("w_id"),
                        wf_table.c.status.in_([s.value for s in ACTIVE_STATUSES]))
-                .values(claims=wf_table.c.claims + 1, version=wf_table.c.version + 1))
+                .values(claims=wf_table.c.claims + 1, version=wf_table.c.version + 1)
+                .returning(wf_table.c.version))
 
 
 def _workflow_values(workflow_columns: tuple[str, ...], unless_cancelled: bool) -> dict[str, Any]:
