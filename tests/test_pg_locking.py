@@ -267,3 +267,113 @@ def test_a_claim_released_between_the_create_and_the_retry_still_creates_the_sag
 
     assert result.results == {"only": "only"}
     assert other_session.engine.get("new-2") is not None
+
+
+# -- a take-over in the moment a saga ends or is cancelled ------------------------------
+
+#: What the steps of Pair did, in order.
+pair_effects: list[str] = []
+
+
+@dataclass
+class PairJob:
+    job_id: str
+
+
+class Pair(Saga[PairJob], name="tests.pg.pair"):
+    @step(idempotency_key="first-{job_id}")
+    def first(self) -> str:
+        pair_effects.append("first")
+        return "1"
+
+    @step(idempotency_key="second-{job_id}")
+    def second(self, first: str) -> str:
+        pair_effects.append("second")
+        return first + "2"
+
+
+def _advisory_locks_on(conn: Connection, schema: str, saga_id: str) -> int:
+    key = advisory_lock_key(saga_id, schema)
+    return int(conn.exec_driver_sql(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND ((classid::bigint << 32) | objid::bigint) = %(key)s", {"key": key}).scalar_one())
+
+
+def test_a_take_over_while_the_final_commit_lands_runs_no_step_again(installed: tuple[str, str]) -> None:
+    # The commit that ends a saga releases its claim in the same statement,
+    # a moment before other sessions see that commit: long enough, behind a
+    # slow disk or a synchronous standby, for another executor to take the
+    # claim and read the saga as it was. A deferred trigger that sleeps at
+    # commit time holds that moment open.
+    url, schema = installed
+    pair_effects.clear()
+    admin = create_engine(url)
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'CREATE FUNCTION "{schema}".slow_commit() RETURNS trigger LANGUAGE plpgsql '
+                                 "AS $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$")
+            conn.exec_driver_sql(f'CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON "{schema}".sagadsl_workflows '
+                                 "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.status = 'completed') "
+                                 f'EXECUTE FUNCTION "{schema}".slow_commit()')
+        with SagaEngine(SqlStorage(url, schema=schema)) as first, \
+                SagaEngine(SqlStorage(url, schema=schema)) as second, admin.connect() as watcher:
+            outcome: dict[str, object] = {}
+            runner = threading.Thread(target=lambda: outcome.update(
+                result=first.run(Pair, PairJob("j"), saga_id="j", idempotency_key="j")))
+            runner.start()
+            for _ in range(3000):
+                if pair_effects == ["first", "second"] and not _advisory_locks_on(watcher, schema, "j"):
+                    break
+                threading.Event().wait(0.001)
+            assert first.get("j").status == WorkflowStatus.PENDING  # type: ignore[union-attr]
+
+            taken_over = second.resume("j")
+
+            runner.join(30)
+        assert taken_over.status == WorkflowStatus.COMPLETED
+        assert getattr(outcome.get("result"), "status", None) == WorkflowStatus.COMPLETED
+        assert pair_effects == ["first", "second"]
+    finally:
+        admin.dispose()
+
+
+def test_a_cancel_committed_between_a_take_over_s_read_and_its_claim_wins(installed: tuple[str, str]) -> None:
+    # A cancel of a waiting saga ends it without the claim. A worker that
+    # read the saga before that commit, and counts its take-over after it,
+    # must not drive what it read.
+    from sagadsl import SagaCancelledError
+
+    url, schema = installed
+    pair_effects.clear()
+    admin = create_engine(url)
+    try:
+        with SagaEngine(SqlStorage(url, schema=schema)) as canceller, \
+                SagaEngine(SqlStorage(url, schema=schema)) as worker, admin.connect() as blocker:
+            canceller.submit(Pair, PairJob("w"), saga_id="w", idempotency_key="w")
+            # A row lock held outside orders the two: the cancel queues for it
+            # first, the take-over's count second, after the take-over's read.
+            blocking = blocker.begin()
+            blocker.exec_driver_sql(f'SELECT 1 FROM "{schema}".sagadsl_workflows WHERE id = %(id)s FOR UPDATE',
+                                    {"id": "w"})
+            outcome: dict[str, object] = {}
+
+            def take_over() -> None:
+                try:
+                    outcome["resume"] = worker.resume("w")
+                except Exception as exc:  # noqa: BLE001 - the test inspects it
+                    outcome["resume"] = exc
+
+            cancelling = threading.Thread(target=lambda: outcome.update(cancel=canceller.cancel("w", "not now")))
+            cancelling.start()
+            threading.Event().wait(0.5)
+            taking = threading.Thread(target=take_over)
+            taking.start()
+            threading.Event().wait(0.5)
+            blocking.commit()
+            cancelling.join(30)
+            taking.join(30)
+        assert outcome["cancel"] == "cancelled"
+        assert isinstance(outcome["resume"], SagaCancelledError), outcome
+        assert pair_effects == []
+    finally:
+        admin.dispose()

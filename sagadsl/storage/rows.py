@@ -15,7 +15,7 @@ from .models import status_counts as counts_table
 from .models import steps as steps_table
 from .models import workflows as wf_table
 
-__all__ = ["conditions", "only_statuses", "counted", "steps_for", "record_of", "load"]
+__all__ = ["conditions", "only_statuses", "counted", "steps_for", "record_of", "load", "load_versioned"]
 
 
 def conditions(flt: QueryFilter) -> list[Any]:
@@ -103,9 +103,15 @@ def record_of(row: Any, step_rows: list[Any]) -> WorkflowRecord:
 
 
 def load(conn: Connection, saga_id: str) -> WorkflowRecord | None:
+    loaded = load_versioned(conn, saga_id)
+    return None if loaded is None else loaded[0]
+
+
+def load_versioned(conn: Connection, saga_id: str) -> tuple[WorkflowRecord, int] | None:
+    """The saga ``saga_id`` and the version of its row as read (None if there is no such saga)."""
     row = conn.execute(select(wf_table).where(wf_table.c.id == saga_id)).mappings().first()
     if row is None:
         return None
     step_rows = conn.execute(select(steps_table).where(steps_table.c.workflow_id == saga_id)
                              .order_by(steps_table.c.position)).mappings().all()
-    return record_of(row, list(step_rows))
+    return record_of(row, list(step_rows)), int(row["version"])

@@ -39,7 +39,7 @@ from .models import locks as locks_table
 from .models import status_counts as counts_table
 from .models import steps as steps_table
 from .models import workflows as wf_table
-from .rows import conditions, counted, load, only_statuses, record_of, steps_for
+from .rows import conditions, counted, load, load_versioned, only_statuses, record_of, steps_for
 from .schema import check_schema, migrate, validate_schema_name
 from .semantic_locks import insert_locks, take_waiting_locks
 from .driver_sql import DriverStatements
@@ -392,27 +392,53 @@ class SqlSession:
         if claim:
             with self._transaction(conn, one_statement=True):
                 self._claim.take(conn)
+        try:
+            with self._transaction(conn):
+                if new is not None and self._insert_new(conn, new, claim):
+                    if new.locks:
+                        insert_locks(conn, new, held=claim and new.started)
+                    self._claim.created(claim)
+                    self._version = 0
+                    return None
+                return self._load_and_count(conn, saga_id, claim, now)
+        except _MovedOn:
+            pass
+        # A commit landed between the read and the count of the take-over:
+        # the one that ended the saga (which released its claim in the same
+        # statement, a moment before other sessions could see that commit)
+        # or a cancel. That first transaction was rolled back; what is read
+        # now is what that commit left, and a saga is never driven from a
+        # read older than its version.
         with self._transaction(conn):
-            if new is not None and self._insert_new(conn, new, claim):
-                if new.locks:
-                    insert_locks(conn, new, held=claim and new.started)
-                self._claim.created(claim)
-                self._version = 0
-                return None
-            record = load(conn, saga_id)
-            if record is None:
-                raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
-            self._has_locks = bool(record.locks)
-            version = None
-            if claim and not record.status.is_terminal:
-                if record.locks:
-                    take_waiting_locks(conn, saga_id, record.saga_name)
-                version = self._claim.count(conn, now)
-                record = dataclasses.replace(record, claims=record.claims + 1)
-            if version is None:
-                version = conn.execute(select(wf_table.c.version).where(wf_table.c.id == saga_id)).scalar_one()
-            self._version = int(version)
-            return record
+            loaded = load_versioned(conn, saga_id)
+        if loaded is None:
+            raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+        record, self._version = loaded
+        if not record.status.is_terminal:
+            raise locked(saga_id, "it moved on while this executor was taking it over")
+        return record
+
+    def _load_and_count(self, conn: Connection, saga_id: str, claim: bool, now: datetime) -> WorkflowRecord:
+        """Inside the loading transaction: read the saga and, if it is active and claimed, count the take-over.
+
+        Raises:
+            _MovedOn: the count found a newer version than the one read.
+        """
+        loaded = load_versioned(conn, saga_id)
+        if loaded is None:
+            raise SagaNotFoundError(f"no saga with id {saga_id!r}", saga_id=saga_id)
+        record, version = loaded
+        self._has_locks = bool(record.locks)
+        if claim and not record.status.is_terminal:
+            if record.locks:
+                take_waiting_locks(conn, saga_id, record.saga_name)
+            counted = self._claim.count(conn, now)
+            if counted != version + 1:
+                raise _MovedOn
+            record = dataclasses.replace(record, claims=record.claims + 1)
+            version = counted
+        self._version = version
+        return record
 
     def _insert_new(self, conn: Connection, new: NewWorkflow, claim: bool, *, one_statement: bool = False) -> bool:
         values = dict(
@@ -682,6 +708,10 @@ class SqlSession:
 _RELEASING_VALUES = frozenset(s.value for s in WorkflowStatus
                               if s.is_terminal and s != WorkflowStatus.DEAD_LETTER)
 _TERMINAL_VALUES = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
+
+
+class _MovedOn(Exception):
+    """The saga row changed between the read and the count of a take-over."""
 
 
 def _ends(change: Change, reason: str | None) -> bool:
