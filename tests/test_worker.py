@@ -133,10 +133,20 @@ def test_unknown_saga_class_is_reported_and_not_retried_in_a_hot_loop(
     engine.submit(ThreeSteps, Job("j1", str(tmp_path)), saga_id="j1", idempotency_key="k")
     monkeypatch.delitem(_by_name, ThreeSteps.saga_name)
     worker = Worker(engine, concurrency=1, poll_interval=0.01)
-    threading.Timer(0.3, worker.stop).start()
+
+    def stop_once_parked() -> None:
+        # Not a fixed timer from the start: a slow first poll on a busy
+        # machine would stop the worker before it looked at the saga at all.
+        deadline = time.monotonic() + 30
+        while worker.stats.unknown == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # about 30 more polls: a hot loop would look again
+        worker.stop()
+
+    threading.Thread(target=stop_once_parked, daemon=True).start()
     with caplog.at_level(logging.ERROR, logger="sagadsl.worker"):
         worker.run()
-    assert worker.stats.unknown == 1  # looked at once in 0.3 s, then parked
+    assert worker.stats.unknown == 1  # looked at once, then parked while it kept polling
     assert "tests.worker.three_steps" in worker.stats.unknown_sagas["j1"]
     assert any("cannot resume saga j1" in r.getMessage() for r in caplog.records)
     assert engine.get("j1").status == "pending"  # type: ignore[union-attr]
